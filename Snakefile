@@ -1,11 +1,13 @@
 # relightflow: photo collection -> (degraded input, lighting instruction, original) triplets -> relighting model.
 # This file only declares: configuration, its validation, the stage rule files and the final targets.
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, "schemas/config.schema.yaml")
@@ -21,5 +23,5 @@ localrules:
 
 rule all:
     input:
-        ALL_TARGETS,
+        all_targets,
     default_target: True

@@ -40,3 +40,6 @@ rule ingest_summary:
         "../envs/base.yaml"
     script:
         "../workflow_scripts/ingest_summary.py"
+
+
+TARGETS["ingest"] = [f"{RESULTS}/ingest/rejects.parquet", f"{RESULTS}/ingest/stats.json"]
