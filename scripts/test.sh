@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: lint, bring up the local Slurm test cluster (when installed), run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+VENV=${VENV:-.venv}
+"$VENV/bin/ruff" check src tests workflow_scripts benchmarks
+if command -v slurmctld >/dev/null && [ "$(id -u)" = 0 ]; then
+  bash scripts/local-slurm.sh up --no-install
+  export RELIGHTFLOW_REQUIRE_SLURM=1
+fi
+exec "$VENV/bin/pytest" -q "$@"
