@@ -28,7 +28,9 @@ def dryrun(n_images: int, shard_size: int, stages: list[str]) -> tuple[float, fl
     """Return (first dry run s, second dry run s, number of shards)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "list.txt").write_text("".join(f"photos/{i // 1000:04d}/{i:07d}.jpg\n" for i in range(n_images)))
+        (work / "list.txt").write_text(
+            "".join(f"photos/{i // 1000:04d}/{i:07d}.jpg\n" for i in range(n_images))
+        )
         cfg = {"input": {"root": str(work), "list": str(work / "list.txt")}, "shards": {"size": shard_size},
                "stages": stages}  # fmt: skip
         (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -57,8 +59,8 @@ def throughput(n_images: int) -> None:
         paths = []
         for i in range(n_images):
             p = tmp / f"{i:04d}.{fmt}"
-            Image.fromarray(np.roll(base, i, axis=1)).save(p, quality=90) if fmt == "jpg" else Image.fromarray(
-                np.roll(base, i, axis=1)).save(p, compress_level=6)
+            options = {"quality": 90} if fmt == "jpg" else {"compress_level": 6}
+            Image.fromarray(np.roll(base, i, axis=1)).save(p, **options)
             paths.append(p)
         for label, fn in (
             ("ingest probe (verify + reduced decode)", lambda p: probe_image(p, 10**9, 64, verify=True)),

@@ -32,10 +32,20 @@ def _bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def make_corpus(root: Path) -> dict[str, str]:
@@ -58,7 +68,7 @@ def make_corpus(root: Path) -> dict[str, str]:
     put("ok/UPPER.JPG", _jpeg_bytes(pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), KEEP)
     put("ok/png_named.jpg", good_png, KEEP)  # wrong extension: content decides
     put("ok/cmyk.jpg", _jpeg_bytes(pil.convert("CMYK")), KEEP)
-    put("ok/gray16.png", _png_bytes((np.arange(96 * 96, dtype=np.uint16).reshape(96, 96) * 7)), KEEP)
+    put("ok/gray16.png", _png_bytes(np.arange(96 * 96, dtype=np.uint16).reshape(96, 96) * 7), KEEP)
     put("ok/palette.png", _png_bytes(np.asarray(pil.convert("P", palette=Image.Palette.ADAPTIVE)), "P"), KEEP)
     put("ok/rgba.png", _png_bytes(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])), KEEP)
     put("ok/gray.png", _png_bytes(np.asarray(pil.convert("L"))), KEEP)
@@ -75,7 +85,11 @@ def make_corpus(root: Path) -> dict[str, str]:
     put("bad/truncated.jpg", good_jpeg[: len(good_jpeg) // 2], "corrupt image")
     put("bad/truncated.png", good_png[: len(good_png) // 2], "corrupt image")
     put("bad/text.jpg", b"hello, I am not an image\n", "not an image")
-    put("bad/garbage_body.jpg", good_jpeg[:200] + np.random.default_rng(0).bytes(2000), "corrupt image|not an image")
+    put(
+        "bad/garbage_body.jpg",
+        good_jpeg[:200] + np.random.default_rng(0).bytes(2000),
+        "corrupt image|not an image",
+    )
     put("bad/one_pixel.png", _png_bytes(np.zeros((1, 1, 3), np.uint8)), "too small")
     put("bad/bomb.png", _bomb_png(100_000, 100_000), "too many pixels")
     put("bad/unreadable.jpg", good_jpeg, "unreadable")

@@ -138,7 +138,9 @@ def test_broken_corpus_every_image_kept_or_rejected(open_tmp: Path) -> None:
             assert by_path[shown].startswith(tuple(outcome.split("|"))), (rel, by_path[shown])
     assert (rejects["stage"] == "ingest").all()
     modes = dict(zip(kept["relpath"], kept["mode"], strict=True))
-    assert modes["ok/cmyk.jpg"] == "CMYK" and modes["ok/palette.png"] == "P" and modes["ok/rgba.png"] == "RGBA"
+    assert (
+        modes["ok/cmyk.jpg"] == "CMYK" and modes["ok/palette.png"] == "P" and modes["ok/rgba.png"] == "RGBA"
+    )
     for rel in kept["relpath"]:  # every kept image decodes to RGB uint8
         assert load_rgb(root / rel).ndim == 3
 

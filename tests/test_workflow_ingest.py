@@ -35,7 +35,15 @@ def test_ingest_dag_run_and_incremental_reruns(workdir: Path) -> None:
     manifests = sorted((workdir / "results/ingest/manifests").glob("*.parquet"))
     assert [m.stem for m in manifests] == ["00000", "00001", "00002"]
     rows = pd.concat([pd.read_parquet(m) for m in manifests])
-    assert len(rows) == 7 and set(rows.columns) >= {"image_id", "path", "width", "height", "format", "mode", "n_bytes"}
+    assert len(rows) == 7 and set(rows.columns) >= {
+        "image_id",
+        "path",
+        "width",
+        "height",
+        "format",
+        "mode",
+        "n_bytes",
+    }
     assert len(pd.read_parquet(workdir / "results/ingest/rejects.parquet")) == 0
 
     again = run_snakemake(workdir, "--configfile", str(cfg), "-n")
@@ -65,7 +73,11 @@ def test_ingest_dag_run_and_incremental_reruns(workdir: Path) -> None:
     cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "ingest": {"min_side": 65}}))
     run = run_snakemake(workdir, "--configfile", str(cfg))
     assert jobs_run(run)["ingest"] == 3
-    assert pd.read_parquet(workdir / "results/ingest/rejects.parquet")["reason"].str.startswith("too small").all()
+    assert (
+        pd.read_parquet(workdir / "results/ingest/rejects.parquet")["reason"]
+        .str.startswith("too small")
+        .all()
+    )
 
 
 def test_config_typo_fails_before_any_job(workdir: Path) -> None:

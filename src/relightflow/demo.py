@@ -43,8 +43,13 @@ def _as_rgb(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def materialize(root: str | os.PathLike, scene_size: int = 256, photos: bool = True, scenes: bool = True,
-                broken: bool = True) -> list[Path]:
+def materialize(
+    root: str | os.PathLike,
+    scene_size: int = 256,
+    photos: bool = True,
+    scenes: bool = True,
+    broken: bool = True,
+) -> list[Path]:
     """Write the demo images under ``root``; return the paths written or already present."""
     root = Path(root)
     written: list[Path] = []

@@ -105,7 +105,9 @@ def scan_folder(root: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXT
     for rel, full in links:
         real = os.path.realpath(full)
         if real in seen_real:
-            log.info("skipping %s: a link to %s, already listed", display_path(rel), display_path(seen_real[real]))
+            log.info(
+                "skipping %s: a link to %s, already listed", display_path(rel), display_path(seen_real[real])
+            )
             continue
         seen_real[real] = rel
         entries.append(_stat_entry(root, rel))
@@ -165,9 +167,7 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
-def plan_shards(
-    entries: Sequence[Entry], shard_size: int, state_dir: str | os.PathLike
-) -> list[str]:
+def plan_shards(entries: Sequence[Entry], shard_size: int, state_dir: str | os.PathLike) -> list[str]:
     """Assign ``entries`` to shards (reusing the cached assignment) and write one list file per shard.
 
     Returns the sorted shard ids. List files are ``<state_dir>/lists/<shard>.jsonl``; they are rewritten
@@ -181,7 +181,9 @@ def plan_shards(
         if data.get("shard_size") == shard_size:
             previous = data["assignment"]
         else:
-            log.warning("shards.size changed (%s -> %s): reassigning all shards", data.get("shard_size"), shard_size)
+            log.warning(
+                "shards.size changed (%s -> %s): reassigning all shards", data.get("shard_size"), shard_size
+            )
     assignment = assign_shards(entries, shard_size, previous)
     by_shard: dict[str, list[Entry]] = {}
     for e in entries:
@@ -215,7 +217,9 @@ def _exif_orientation(img: Image.Image) -> int:
         return 1
 
 
-def probe_image(path: str | os.PathLike, max_pixels: int, min_side: int, verify: bool = True) -> dict[str, Any]:
+def probe_image(
+    path: str | os.PathLike, max_pixels: int, min_side: int, verify: bool = True
+) -> dict[str, Any]:
     """Read an image's header and check it; raise :class:`ImageError` with a reason otherwise.
 
     With ``verify``, PIL's structural check runs on a fresh handle (it must come first), then a cheap
@@ -278,7 +282,9 @@ def ingest_shard(
             try:
                 if cfg.get("id_from", "path") == "content":
                     image_id = content_id(full)
-                meta = probe_image(full, int(cfg["max_pixels"]), int(cfg["min_side"]), bool(cfg.get("verify", True)))
+                meta = probe_image(
+                    full, int(cfg["max_pixels"]), int(cfg["min_side"]), bool(cfg.get("verify", True))
+                )
             except ImageError as e:
                 reason = str(e)
             except OSError as e:
@@ -286,11 +292,15 @@ def ingest_shard(
         if not reason and image_id in seen_ids:
             reason = f"duplicate content of {seen_ids[image_id]}"
         if reason:
-            rejects.append(Reject(image_id, str(full) if shown == entry.relpath else str(root / shown), "ingest", reason))
+            rejects.append(
+                Reject(image_id, str(full) if shown == entry.relpath else str(root / shown), "ingest", reason)
+            )
             stats.reject(reason)
             continue
         seen_ids[image_id] = entry.relpath
-        rows.append({"image_id": image_id, "path": str(full), "relpath": entry.relpath, "n_bytes": entry.size, **meta})
+        rows.append(
+            {"image_id": image_id, "path": str(full), "relpath": entry.relpath, "n_bytes": entry.size, **meta}
+        )
         stats.n_kept += 1
     write_table(manifest_path, rows, columns=MANIFEST_COLUMNS)
     write_rejects(rejects_path, rejects)
@@ -327,4 +337,3 @@ def gather_ingest(
     write_table(rejects_out, read_tables(rejects_paths), columns=["image_id", "path", "stage", "reason"])
     write_json(stats_out, summary)
     return summary
-

@@ -69,4 +69,6 @@ def shard_list_path(shard: str, state_dir: str = STATE_DIR) -> str:
 
 def enabled_stages(config: dict[str, Any]) -> list[str]:
     """Stages that ``rule all`` builds (config ``stages``; default: all)."""
-    return list(config.get("stages") or ["ingest", "filter", "pairs", "captions", "dataset", "train", "evaluate"])
+    return list(
+        config.get("stages") or ["ingest", "filter", "pairs", "captions", "dataset", "train", "evaluate"]
+    )
