@@ -15,6 +15,9 @@ validate(config, "schemas/config.schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/ingest.smk"
+include: "rules/filter.smk"
+include: "rules/pairs.smk"
+include: "rules/captions.smk"
 
 
 localrules:

@@ -1,0 +1,182 @@
+"""Albedo (flat-lit appearance) estimates: multi-scale Retinex, or Marigold's learned decomposition.
+
+``retinex_albedo`` divides each pixel by a multi-scale estimate of the illumination, in linear light and
+on luminance only (one scalar per pixel, so colours keep their chromaticity). With a mask, the subject's
+illumination is estimated from subject pixels only (normalised convolution), so a bright background does
+not bleed into the face.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from relightflow.pairs.color import linear_to_srgb, linear_to_srgb8, luminance, srgb_to_linear
+from relightflow.pairs.filters import blend, masked_blur, soft_mask
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCALES = (15.0, 80.0, 250.0)
+REFERENCE_SIDE = 1024  # Retinex sigmas are given in pixels at this size and scale with the image
+EPS = 1e-4
+
+
+def illumination(lum: np.ndarray, weight: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
+    """Geometric mean over scales of the weighted Gaussian average of luminance (MSR's surround)."""
+    log_s = np.zeros_like(lum)
+    for sigma in sigmas:
+        log_s += np.log(np.maximum(masked_blur(lum, weight, sigma), EPS))
+    return np.exp(log_s / len(sigmas))
+
+
+def retinex_gain(
+    lin: np.ndarray,
+    mask: np.ndarray | None = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    blend: float = 0.2,
+    foreground_only: bool = True,
+) -> np.ndarray:
+    """Per-pixel scalar g such that ``lin * g`` is the Retinex albedo (HxW float32).
+
+    g = (1 - blend) * k / S + blend, with S the multi-scale illumination and k the subject's geometric
+    mean of S (keeps the exposure); scaled down so the 99.5th percentile of the result stays <= 1 (no
+    clipped highlights); 1 outside the mask when ``foreground_only``. One scalar per pixel: chromaticity
+    is preserved exactly.
+    """
+    lum = luminance(lin) + EPS
+    m = soft_mask(mask, lin.shape)
+    sigmas = [s * max(lin.shape[:2]) / REFERENCE_SIDE for s in scales]
+    fg = m > 0.5
+    if not fg.any():
+        return np.ones(m.shape, np.float32)
+    shade = illumination(lum, m, sigmas)
+    if mask is not None and not foreground_only:
+        shade = m * shade + (1 - m) * illumination(lum, 1 - m, sigmas)
+    k = float(np.exp(np.log(shade[fg]).mean()))
+    gain = (1 - blend) * k / shade + blend
+    sub = (slice(None, None, 4), slice(None, None, 4))
+    peaks = lin[sub].max(axis=2)[fg[sub]] * gain[sub][fg[sub]]
+    peak = float(np.quantile(peaks, 0.995)) if peaks.size else 1.0
+    if peak > 1.0:
+        gain /= peak
+    if mask is not None and foreground_only:
+        gain = m * gain + (1 - m)
+    return gain.astype(np.float32)
+
+
+def retinex_albedo8(image: np.ndarray, mask: np.ndarray | None = None, **kwargs) -> np.ndarray:
+    """:func:`retinex_albedo` as ``uint8`` sRGB (what the pipeline saves and degrades)."""
+    lin = srgb_to_linear(image)
+    return linear_to_srgb8(lin * retinex_gain(lin, mask, **kwargs)[..., None])
+
+
+def retinex_albedo(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    blend: float = 0.2,
+    foreground_only: bool = True,
+) -> np.ndarray:
+    """Multi-scale Retinex albedo of ``image`` (HxWx3 uint8): float32 sRGB in [0, 1], same shape.
+
+    Works in linear light on luminance: each pixel is divided by the geometric mean over ``scales``
+    (Gaussian sigmas in px at 1024, scaled with the image) of its surround; ``blend`` of the original is
+    mixed back to avoid over-flattening; ``foreground_only`` keeps the background as it was.
+    """
+    albedo = retinex_albedo8(image, mask, scales=scales, blend=blend, foreground_only=foreground_only)
+    return albedo.astype(np.float32) / 255.0
+
+
+class MarigoldAlbedo:
+    """Albedo from diffusers' ``MarigoldIntrinsicsPipeline`` (``prs-eth/marigold-iid-appearance-v1-1`` or
+    ``-lighting-v1-1``; a local folder or hub id). The ``albedo`` target is taken from the pipeline's
+    ``target_properties``; sRGB-space targets are returned as is, linear ones are encoded to sRGB."""
+
+    def __init__(
+        self,
+        model: str,
+        num_inference_steps: int | None = None,
+        processing_resolution: int | None = None,
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        import torch
+        from diffusers import MarigoldIntrinsicsPipeline
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        half = {"torch_dtype": torch.float16} if self.device.startswith("cuda") else {}
+        self.pipe = MarigoldIntrinsicsPipeline.from_pretrained(model, **half).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.steps, self.resolution, self.seed = num_inference_steps, processing_resolution, seed
+        props = self.pipe.target_properties or {}
+        names = list(props.get("target_names") or ["albedo"])
+        if "albedo" not in names:
+            raise ValueError(f"{model}: no 'albedo' among the pipeline's targets {names}")
+        self.index, self.n_targets = names.index("albedo"), len(names)
+        self.linear = (props.get("albedo") or {}).get("prediction_space", "srgb") != "srgb"
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        out = self.pipe(
+            image.astype(np.float32) / 255.0,
+            num_inference_steps=self.steps,
+            processing_resolution=self.resolution,
+            generator=generator,
+            output_type="np",
+        )
+        albedo = np.asarray(out.prediction[self.index], dtype=np.float32)
+        return linear_to_srgb(albedo) if self.linear else np.clip(albedo, 0.0, 1.0)
+
+
+class AlbedoEstimator:
+    """The configured albedo method (``retinex`` | ``marigold`` | ``none``) with blend-back and
+    foreground-only applied the same way for every method."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.method = cfg.get("albedo", "retinex")
+        self.retinex = dict(cfg.get("retinex") or {})
+        self.blend = float(self.retinex.get("blend", 0.2))
+        self.foreground_only = bool(self.retinex.get("foreground_only", True))
+        self.marigold = None
+        if self.method == "marigold":
+            mcfg = dict(cfg.get("marigold") or {})
+            self.marigold = MarigoldAlbedo(
+                mcfg["model"], mcfg.get("num_inference_steps"), mcfg.get("processing_resolution")
+            )
+        elif self.method not in ("retinex", "none"):
+            raise ValueError(f"unknown pairs.albedo {self.method!r} (retinex | marigold | none)")
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """``uint8`` sRGB albedo, same shape as ``image``."""
+        if self.method == "none":
+            return image
+        if self.method == "retinex":
+            scales = self.retinex.get("scales", DEFAULT_SCALES)
+            return retinex_albedo8(
+                image, mask, scales=scales, blend=self.blend, foreground_only=self.foreground_only
+            )
+        return self._blend(image, self.marigold(image), mask)
+
+    def _blend(self, image: np.ndarray, albedo: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Blend back ``blend`` of the original in linear light; keep the background if foreground-only."""
+        lin = srgb_to_linear(image)
+        out = linear_to_srgb8((1 - self.blend) * srgb_to_linear(albedo) + self.blend * lin)
+        if mask is not None and self.foreground_only:
+            out = blend(out, image, soft_mask(mask, image.shape))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What shaped the albedo (recorded with each row)."""
+        d: dict[str, Any] = {
+            "method": self.method,
+            "blend": self.blend,
+            "foreground_only": self.foreground_only,
+        }
+        if self.method == "retinex":
+            d["scales"] = list(self.retinex.get("scales", DEFAULT_SCALES))
+        return d
