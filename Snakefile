@@ -18,6 +18,9 @@ include: "rules/ingest.smk"
 include: "rules/filter.smk"
 include: "rules/pairs.smk"
 include: "rules/captions.smk"
+include: "rules/dataset.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 localrules:

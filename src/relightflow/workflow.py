@@ -40,11 +40,17 @@ def is_remote_job(workflow: Any) -> bool:
 
 
 def maybe_materialize_demo(config: dict[str, Any]) -> None:
+    """Create the demo images and the tiny base diffusion model when the demo config asks for them."""
     demo = config.get("demo") or {}
     if demo.get("materialize") and not config["input"].get("list"):
         from relightflow.demo import materialize
 
         materialize(config["input"]["root"], **(demo.get("options") or {}))
+    base = demo.get("base_model")
+    if base and not (Path(base) / "model_index.json").exists():
+        from relightflow.train.tiny import save_tiny_pipeline
+
+        save_tiny_pipeline(base, kind="sd15", resolution=int(demo.get("base_model_resolution", 64)), instruct=False)
 
 
 def plan(config: dict[str, Any], remote: bool = False, state_dir: str = STATE_DIR) -> list[str]:

@@ -134,14 +134,20 @@ class ClipScorer:
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     @torch.inference_mode()
-    def embed(self, data: np.ndarray) -> torch.Tensor:
+    def embed(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings of a ``(B, S, S, 3) uint8`` batch (one forward pass)."""
-        x = torch.from_numpy(np.require(data, requirements=("C", "W"))).to(self.device, non_blocking=True)
+        if isinstance(data, np.ndarray):
+            data = torch.from_numpy(np.require(data, requirements=("C", "W")))
+        x = data.to(self.device, non_blocking=True)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
         with self._autocast():
             return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
-    def score(self, data: np.ndarray) -> dict[str, Any]:
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.type == "cuda"
+
+    def score(self, data: np.ndarray | torch.Tensor) -> dict[str, Any]:
         emb = self.embed(data)
         sims = emb @ self.text.T
         probs = pair_probabilities(sims, self.temperature)

@@ -54,13 +54,16 @@ def shortest_side_size(w: int, h: int, side: int) -> tuple[int, int]:
 
 
 def load_reduced(path: str | os.PathLike, side: int) -> np.ndarray:
-    """``HxWx3 uint8`` RGB with the shorter side at most ~2x ``side``: DCT-domain scaling for JPEG, one
-    area-averaging resize for other formats (so everything after it works on a small array)."""
-    arr = np.asarray(decode_reduced(path, side), dtype=np.uint8)
-    h, w = arr.shape[:2]
-    if min(h, w) > 2 * side:
-        arr = cv2.resize(arr, shortest_side_size(w, h, side), interpolation=cv2.INTER_AREA)
-    return arr
+    """``HxWx3 uint8`` RGB whose shorter side is in ``[side, 2 * side)`` (or smaller when the image is).
+
+    JPEG: DCT-domain scaling in the decoder. Other formats: a full decode, then an integer box reduction
+    (``Image.reduce``, ~5x cheaper than an area resize), so the rest of the path works on a small array.
+    """
+    img = decode_reduced(path, side)
+    factor = min(img.size) // side
+    if factor >= 2:
+        img = img.reduce(factor)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def resize_center_crop(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
@@ -91,16 +94,24 @@ def phash(img: np.ndarray | Image.Image) -> str:
 
 @dataclass
 class Batch:
-    """One batch of manifest rows: ``data`` holds the prepared arrays of the rows where ``ok`` is true."""
+    """One batch of manifest rows: ``data`` holds the prepared arrays of the rows where ``ok`` is true.
+
+    ``data`` is a tensor so that DataLoader workers hand it over in shared memory, not through a pipe.
+    """
 
     rows: dict[str, list[Any]]
     ok: np.ndarray
     errors: list[str]
-    data: np.ndarray
+    data: torch.Tensor
     phashes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ok)
+
+    def pin_memory(self) -> Batch:
+        """Called by a DataLoader with ``pin_memory=True`` (fast asynchronous host-to-GPU copies)."""
+        self.data = self.data.pin_memory()
+        return self
 
 
 def prepare_batch(
@@ -121,7 +132,7 @@ def prepare_batch(
         except Exception as e:  # a broken image must become a reject row, never kill the shard
             errors[i] = f"cannot prepare image: {type(e).__name__}: {e}"
     data = np.stack(arrays) if arrays else np.zeros((0, *shape), dtype=np.float32)
-    return Batch(rows, ok, errors, data, hashes)
+    return Batch(rows, ok, errors, torch.from_numpy(data), hashes)
 
 
 class ManifestImages(torch.utils.data.IterableDataset):
@@ -172,11 +183,12 @@ def iter_prepared(
     shape: tuple[int, ...],
     batch_size: int = 64,
     num_workers: int = 2,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """Stream prepared batches of a shard manifest, decoded by ``num_workers`` processes (0: in-process)."""
     dataset = ManifestImages(manifest, prepare, decode_side, shape, batch_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-        prefetch_factor=4 if num_workers else None, worker_init_fn=_single_thread_worker,
+        prefetch_factor=4 if num_workers else None, worker_init_fn=_single_thread_worker, pin_memory=pin_memory,
     )  # fmt: skip
     yield from loader

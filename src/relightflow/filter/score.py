@@ -56,7 +56,10 @@ class StatsScorer:
         self.shape = (len(lighting_stats.STAT_NAMES),)
         self.prepare = functools.partial(stats_features, max_side=self.max_side)
 
-    def score(self, data: np.ndarray) -> dict[str, Any]:
+    pin_memory = False
+
+    def score(self, data) -> dict[str, Any]:
+        data = np.asarray(data)
         measured = {k: data[:, i] for i, k in enumerate(lighting_stats.STAT_NAMES)}
         return {"lighting_score": lighting_stats.score_from_stats(measured), **measured}
 
@@ -78,9 +81,8 @@ def make_scorer(backend: str, cfg: dict[str, Any]):
 def _kept_frame(batch: Batch, scorer, shard: str) -> pd.DataFrame:
     kept = np.flatnonzero(batch.ok)
     frame = pd.DataFrame({k: [v[i] for i in kept] for k, v in batch.rows.items()})
-    if len(kept):
-        for col, values in scorer.score(batch.data).items():
-            frame[col] = list(values) if col == "embedding" else values
+    for col, values in scorer.score(batch.data).items():
+        frame[col] = list(values) if col == "embedding" else values
     frame["phash"] = [batch.phashes[i] for i in kept]
     frame["shard"], frame["backend"], frame["model"] = shard, scorer.name, scorer.model_name
     return frame
@@ -110,11 +112,12 @@ def score_shard(
     t0 = time.perf_counter()
     batches = iter_prepared(
         manifest, scorer.prepare, scorer.decode_side, scorer.shape,
-        int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 2)),
+        int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 2)), scorer.pin_memory,
     )  # fmt: skip
     for batch in batches:
         stage.n_in += len(batch)
-        frames.append(_kept_frame(batch, scorer, shard))
+        if batch.ok.any():
+            frames.append(_kept_frame(batch, scorer, shard))
         stage.n_kept += int(batch.ok.sum())
         for reject in _batch_rejects(batch):
             rejects.append(reject)

@@ -1,0 +1,43 @@
+# Train: `accelerate launch` on the exported train split (or its cached latents), one process per GPU of
+# the job (`--cpu` when train.gpus is 0). Checkpoints live in results/train/checkpoints, outside the rule's
+# outputs, so a killed job that is rerun resumes from the latest one instead of starting over.
+
+TRAIN = config["train"]
+
+
+def train_inputs(wildcards):
+    """The train split, the val split (validation grids) and, when cached, the train latents."""
+    inputs = {"train": f"{RESULTS}/dataset/train"}
+    if config["filter"]["splits"].get("val", 0) > 0:
+        inputs["val"] = f"{RESULTS}/dataset/val"
+    if config["dataset"].get("cache_latents") and TRAIN["model"] != "flux-kontext":
+        inputs["latents"] = f"{RESULTS}/dataset/latents/train"
+    return inputs
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=directory(f"{RESULTS}/train/model"),
+        summary=f"{RESULTS}/train/summary.json",
+        curve=report(f"{RESULTS}/train/loss_curve.png", category="6. Train", caption="../report/train.rst"),
+    params:
+        cfg={**TRAIN, "seed": TRAIN.get("seed", config["seed"])},
+        work_dir=lambda wildcards, output: output.summary.rsplit("/", 1)[0],  # results/train: checkpoints, logs
+    threads: TRAIN.get("threads", 16)  # CPU threads shared by the accelerate processes (capped by --cores)
+    log:
+        f"{RESULTS}/logs/train/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/train.tsv"
+    resources:
+        gpu=TRAIN["gpus"],
+        mem_mb=TRAIN.get("mem_mb", 64000),
+        runtime=TRAIN.get("runtime", 2880),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+TARGETS["train"] = [f"{RESULTS}/train/model", f"{RESULTS}/train/summary.json", f"{RESULTS}/train/loss_curve.png"]

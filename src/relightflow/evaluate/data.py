@@ -1,0 +1,110 @@
+"""Stream the triplets of an exported dataset split (Hugging Face Parquet files) in bounded batches.
+
+An image column holds what ``datasets.Image`` writes (a struct ``{bytes, path}``) or raw encoded bytes.
+Each triplet gets a unique ``key`` (``image_id`` plus ``variant`` when there is one) that names its
+prediction files and seeds its randomness.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from relightflow.dataset import data_files
+from relightflow.images import ImageError, to_rgb8
+from relightflow.manifest import iter_batches
+
+INPUT, PROMPT, TARGET = "input_image", "edit_prompt", "edited_image"
+
+
+def split_files(split_dir: str | os.PathLike) -> list[str]:
+    """The ``data-*.parquet`` files of an exported split folder, in order."""
+    files = data_files(split_dir)
+    if not files:
+        raise FileNotFoundError(f"no data-*.parquet files in {split_dir}")
+    return files
+
+
+def decode_image(value: Any, max_pixels: int = 50_000_000) -> np.ndarray:
+    """``HxWx3 uint8`` RGB from a ``datasets.Image`` cell; raise :class:`ImageError` with a reason."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if data is None and isinstance(value, dict) and value.get("path"):
+        data = Path(value["path"]).read_bytes() if Path(value["path"]).is_file() else None
+    if not data:
+        raise ImageError("missing image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"too many pixels: {img.width}x{img.height}")
+            img.load()
+            return to_rgb8(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"corrupt image: {e}") from e
+
+
+@dataclass
+class Triplet:
+    """One decoded test example (input, instruction, target) with its provenance columns."""
+
+    key: str
+    input: np.ndarray
+    instruction: str
+    target: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def row_key(row: dict[str, Any], index: int) -> str:
+    """``image_id`` (``_v<variant>`` appended when the row has a variant); the row index as fallback."""
+    base = str(row.get("image_id") or f"row{index:07d}")
+    variant = row.get("variant")
+    return f"{base}_v{variant}" if variant is not None and variant == variant else base
+
+
+def iter_rows(split_dir: str | os.PathLike, batch_size: int = 8, limit: int | None = None):
+    """Yield lists of raw row dicts (at most ``batch_size`` each, ``limit`` in total), each with ``key``."""
+    seen: set[str] = set()
+    index = 0
+    for path in split_files(split_dir):
+        for frame in iter_batches(path, batch_size=batch_size):
+            rows = frame.to_dict("records")
+            if limit is not None:
+                rows = rows[: max(0, limit - index)]
+            for row in rows:
+                key = row_key(row, index)
+                row["key"] = key if key not in seen else f"{key}_{index}"
+                seen.add(row["key"])
+                index += 1
+            if rows:
+                yield rows
+            if limit is not None and index >= limit:
+                return
+
+
+def to_triplet(row: dict[str, Any]) -> Triplet:
+    """Decode one row; raise :class:`ImageError` (the reject reason) when it cannot be evaluated."""
+    instruction = row.get(PROMPT)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ImageError("empty instruction")
+    source, target = decode_image(row.get(INPUT)), decode_image(row.get(TARGET))
+    meta = {k: v for k, v in row.items() if k not in (INPUT, TARGET, PROMPT, "key")}
+    return Triplet(row["key"], source, instruction.strip(), target, meta)
+
+
+def iter_triplets(split_dir: str | os.PathLike, batch_size: int = 8, limit: int | None = None
+                  ) -> Iterator[list[Triplet | tuple[dict[str, Any], str]]]:  # fmt: skip
+    """Batches of decoded :class:`Triplet` or ``(row, reject reason)`` for rows that cannot be used."""
+    for rows in iter_rows(split_dir, batch_size, limit):
+        out: list[Triplet | tuple[dict[str, Any], str]] = []
+        for row in rows:
+            try:
+                out.append(to_triplet(row))
+            except ImageError as e:
+                out.append(({k: v for k, v in row.items() if k not in (INPUT, TARGET)}, str(e)))
+        yield out

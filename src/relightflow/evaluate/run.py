@@ -1,0 +1,208 @@
+"""Evaluate a trained relighting model on an exported split: relight, score, summarize, draw.
+
+Every triplet is relit by the model and by each configured baseline model; the ``identity`` baseline
+returns the input unchanged, so every number has a reference. Outputs: predictions (PNG per system and
+triplet), a per-image metrics table (one row per triplet and system), the summary JSON, an HTML table,
+a bar chart, a comparison grid, rejects and stats (triplets in = scored + rejected).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from relightflow.evaluate.data import Triplet, iter_triplets
+from relightflow.evaluate.grids import save_grid
+from relightflow.evaluate.instruction import instruction_following, load_clip
+from relightflow.evaluate.metrics import image_metrics, load_lpips
+from relightflow.evaluate.relighter import Relighter, load_relighter, pick_device, resize_to, to_uint8
+from relightflow.evaluate.summary import plot_summary, summarize, write_html
+from relightflow.images import save_image
+from relightflow.manifest import Reject, StageStats, write_json, write_rejects, write_table
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+IDENTITY, TARGET = "identity", "target"
+OUTPUTS = ("metrics", "table", "html", "plot", "grid", "predictions", "rejects", "stats")
+
+
+def relight_all(relighter: Relighter, triplets: list[Triplet]) -> dict[str, np.ndarray | str]:
+    """Per key: the uint8 prediction, or the reason it failed (same-shaped inputs are batched)."""
+    groups: dict[tuple[int, ...], list[Triplet]] = defaultdict(list)
+    for t in triplets:
+        groups[t.input.shape].append(t)
+    results: dict[str, np.ndarray | str] = {}
+    for group in groups.values():
+        try:
+            outs = relighter([t.input for t in group], [t.instruction for t in group], [t.key for t in group])
+        except (RuntimeError, ValueError) as e:
+            log.exception("%s failed on %s", relighter.name, [t.key for t in group])
+            results.update({t.key: f"relight failed ({relighter.name}): {e}" for t in group})
+            continue
+        for t, out in zip(group, outs, strict=True):
+            try:
+                results[t.key] = to_uint8(out)
+            except ValueError as e:
+                results[t.key] = f"relight failed ({relighter.name}): {e}"
+    return results
+
+
+def _scalar_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in meta.items() if v is None or isinstance(v, str | int | float | bool | np.generic)
+    }
+
+
+class Evaluation:
+    """State of one evaluation run: models, optional scorers, accumulated rows and grid samples."""
+
+    def __init__(self, systems: list[Relighter], cfg: Mapping[str, Any], out: Mapping[str, str], device: str):
+        self.systems, self.cfg, self.out = systems, cfg, out
+        self.lpips, self.lpips_reason = load_lpips(
+            bool(cfg.get("lpips")), cfg.get("lpips_net", "alex"), device
+        )
+        self.clip, self.clip_reason = load_clip(cfg.get("clip"), device)
+        for reason in (self.lpips_reason, self.clip_reason):
+            if reason:
+                log.info("skipped: %s", reason)
+        self.rows: list[dict[str, Any]] = []
+        self.rejects: list[Reject] = []
+        self.grid_rows: list[list[np.ndarray]] = []
+        self.grid_captions: list[str] = []
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def score(
+        self, t: Triplet, system: str, image: np.ndarray, prediction_path: str | None
+    ) -> dict[str, Any]:
+        """One metrics row of ``image`` (a system's output for ``t``)."""
+        row = {"key": t.key, **_scalar_meta(t.meta), "instruction": t.instruction, "system": system,
+               "prediction_path": prediction_path}  # fmt: skip
+        if system != TARGET:
+            row.update(image_metrics(image, t.target))
+            if self.lpips is not None:
+                row["lpips"] = self.lpips(image, t.target)
+        row.update(
+            instruction_following(image, t.meta.get("light_direction"), t.meta.get("color_temperature"))
+        )
+        return row
+
+    def add_batch(self, triplets: list[Triplet], stats: StageStats) -> None:
+        """Relight, save and score a batch of triplets."""
+        outputs: dict[str, dict[str, np.ndarray | str]] = {}
+        for relighter in self.systems:
+            t0 = time.perf_counter()
+            outputs[relighter.name] = relight_all(relighter, triplets)
+            self.seconds[relighter.name] += time.perf_counter() - t0
+        for t in triplets:
+            failed = [o[t.key] for o in outputs.values() if isinstance(o[t.key], str)]
+            if failed:
+                self._reject(t.meta, failed[0], stats)
+                continue
+            try:
+                self._add(t, {name: o[t.key] for name, o in outputs.items()})
+            except ValueError as e:  # e.g. an image too small to measure its lighting
+                self._reject(t.meta, f"scoring failed: {e}", stats)
+                continue
+            stats.n_kept += 1
+
+    def _add(self, t: Triplet, predictions: dict[str, np.ndarray]) -> None:
+        images = {**predictions, IDENTITY: resize_to(t.input, t.target.shape[:2]), TARGET: t.target}
+        rows = {}
+        for system, image in images.items():
+            path = None
+            if system in predictions:
+                path = str(Path(self.out["predictions"]) / system / f"{t.key}.png")
+                save_image(path, image)
+            rows[system] = self.score(t, system, image, path)
+        if self.clip is not None:
+            names = [s for s in images if s != TARGET]
+            scores = self.clip.score([t.input] * len(names), [images[s] for s in names], [t.target] * len(names),
+                                     [t.instruction] * len(names))  # fmt: skip
+            for system, s in zip(names, scores, strict=True):
+                rows[system].update(s)
+        self.rows.extend(rows.values())
+        if len(self.grid_rows) < int(self.cfg.get("grid_rows", 8)):
+            self.grid_rows.append([t.input, *predictions.values(), t.target])
+            self.grid_captions.append(f"{t.key} [{t.meta.get('degradation', '?')}]: {t.instruction}")
+
+    def _reject(self, meta: dict[str, Any], reason: str, stats: StageStats) -> None:
+        self.rejects.append(Reject(str(meta.get("image_id", meta.get("key", ""))), str(meta.get("path", "")),
+                                   STAGE, reason))  # fmt: skip
+        stats.reject(reason)
+        log.warning("rejected %s: %s", meta.get("key"), reason)
+
+    def run(self, dataset_dir: str | os.PathLike, stats: StageStats) -> None:
+        batch_size = int(self.cfg.get("batch_size", 4))
+        for batch in iter_triplets(dataset_dir, batch_size, self.cfg.get("num_images")):
+            stats.n_in += len(batch)
+            good = [item for item in batch if isinstance(item, Triplet)]
+            for item in batch:
+                if not isinstance(item, Triplet):
+                    self._reject(*item, stats)
+            if good:
+                self.add_batch(good, stats)
+            log.info("%d triplets scored, %d rejected", stats.n_kept, stats.n_rejected)
+
+    def write(self, stats: StageStats, extra: dict[str, Any]) -> dict[str, Any]:
+        names = [s.name for s in self.systems] + [IDENTITY, TARGET]
+        table = pd.DataFrame(self.rows)
+        write_table(self.out["table"], table, columns=["key", "system"])
+        n_kept = max(stats.n_kept, 1)
+        extra = {**extra, "n_rejected": stats.n_rejected,
+                 "lpips": {"enabled": self.lpips is not None, "skipped_reason": self.lpips_reason},
+                 "clip": {"enabled": self.clip is not None, "skipped_reason": self.clip_reason},
+                 "seconds_per_image": {k: round(v / n_kept, 4) for k, v in self.seconds.items()}}  # fmt: skip
+        summary = summarize(table, names, extra) if len(table) else {"n_images": 0, "systems": names,
+                                                                       "metrics": {}, **extra}  # fmt: skip
+        write_json(self.out["metrics"], summary)
+        notes = [f"model: {extra.get('model')}", "identity: the input returned unchanged; target: the real "
+                 "target's measured lighting vs the instruction (ceiling of the agreement measure)."]  # fmt: skip
+        notes += [f"{k} skipped: {v['skipped_reason']}" for k, v in extra.items()
+                  if isinstance(v, dict) and v.get("skipped_reason")]  # fmt: skip
+        write_html(self.out["html"], summary, notes)
+        plot_summary(self.out["plot"], summary)
+        columns = ["input", *[s.name for s in self.systems], "target"]
+        save_grid(self.out["grid"], self.grid_rows, self.grid_captions, columns)
+        write_rejects(self.out["rejects"], self.rejects)
+        stats.write(self.out["stats"])
+        return summary
+
+
+def load_systems(
+    model_dir: str | os.PathLike, cfg: Mapping[str, Any], seed: int, device: str
+) -> list[Relighter]:
+    """The trained model, then every baseline model of ``evaluate.baselines`` ({name, path})."""
+    systems = [load_relighter(model_dir, "model", dict(cfg), seed, device)]
+    for baseline in cfg.get("baselines") or []:
+        systems.append(load_relighter(baseline["path"], baseline["name"], {**cfg, **baseline}, seed, device))
+    return systems
+
+
+def evaluate_split(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike, out: Mapping[str, str],
+                   cfg: Mapping[str, Any], seed: int, device: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Evaluate ``model_dir`` on the split in ``dataset_dir``; write every file of ``out`` (:data:`OUTPUTS`)."""
+    missing = [k for k in OUTPUTS if k not in out]
+    if missing:
+        raise KeyError(f"missing output paths: {missing}")
+    device = pick_device(device or cfg.get("device"))
+    Path(out["predictions"]).mkdir(parents=True, exist_ok=True)
+    evaluation = Evaluation(load_systems(model_dir, cfg, seed, device), cfg, out, device)
+    stats = StageStats(STAGE, Path(dataset_dir).name)
+    evaluation.run(dataset_dir, stats)
+    params = {
+        k: cfg.get(k) for k in ("num_inference_steps", "guidance_scale", "image_guidance_scale", "resolution")
+    }
+    extra = {"model": str(model_dir), "split": Path(dataset_dir).name, "device": device, "params": params,
+             "seed": seed}  # fmt: skip
+    summary = evaluation.write(stats, extra)
+    log.info("evaluation: %s", summary.get("metrics"))
+    return summary
