@@ -13,6 +13,9 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 validate(config, "schemas/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/ingest.smk"
 include: "rules/filter.smk"

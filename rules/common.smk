@@ -18,3 +18,19 @@ TARGETS = {}
 
 def all_targets(wildcards):
     return [t for stage in STAGES for t in TARGETS.get(stage, [])]
+
+
+def selected_shard(wildcards):
+    """Input function for per-shard stages: the shard's selection, once the `select` checkpoint ran."""
+    checkpoints.select.get()
+    return f"{RESULTS}/filter/selected/{wildcards.shard}.parquet"
+
+
+def train_inputs(wildcards):
+    """The train split, the val split (validation grids) and, when cached, the train latents."""
+    inputs = {"train": f"{RESULTS}/dataset/train"}
+    if config["filter"]["splits"].get("val", 0) > 0:
+        inputs["val"] = f"{RESULTS}/dataset/val"
+    if config["dataset"].get("cache_latents") and config["train"]["model"] != "flux-kontext":
+        inputs["latents"] = f"{RESULTS}/dataset/latents/train"
+    return inputs

@@ -7,10 +7,7 @@
 FILTER = config["filter"]
 FILTER_BACKEND = FILTER["backend"]
 SELECT_KEYS = ("num_images", "threshold", "top_fraction", "min_side", "splits", "dedup")
-
-
-def filter_workers():
-    return int(FILTER[FILTER_BACKEND].get("num_workers", 2))
+FILTER_WORKERS = int(FILTER[FILTER_BACKEND].get("num_workers", 2))  # decode workers of the data path
 
 
 rule score_lighting:
@@ -23,7 +20,7 @@ rule score_lighting:
     params:
         backend=FILTER_BACKEND,
         cfg=FILTER[FILTER_BACKEND],
-    threads: filter_workers() + 1
+    threads: FILTER_WORKERS + 1
     log:
         f"{RESULTS}/logs/filter/score_lighting/{{shard}}.log",
     benchmark:
@@ -70,12 +67,6 @@ checkpoint select:
         "../envs/base.yaml"
     script:
         "../workflow_scripts/select.py"
-
-
-def selected_shard(wildcards):
-    """Input function for per-shard stages: the shard's selection, once the `select` checkpoint ran."""
-    checkpoints.select.get()
-    return f"{RESULTS}/filter/selected/{wildcards.shard}.parquet"
 
 
 TARGETS["filter"] = [

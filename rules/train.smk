@@ -5,16 +5,6 @@
 TRAIN = config["train"]
 
 
-def train_inputs(wildcards):
-    """The train split, the val split (validation grids) and, when cached, the train latents."""
-    inputs = {"train": f"{RESULTS}/dataset/train"}
-    if config["filter"]["splits"].get("val", 0) > 0:
-        inputs["val"] = f"{RESULTS}/dataset/val"
-    if config["dataset"].get("cache_latents") and TRAIN["model"] != "flux-kontext":
-        inputs["latents"] = f"{RESULTS}/dataset/latents/train"
-    return inputs
-
-
 rule train:
     input:
         unpack(train_inputs),

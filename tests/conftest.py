@@ -61,6 +61,16 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo profile's workflow run once (every stage, CPU) into a temporary folder, plus its report."""
+    workdir = tmp_path_factory.mktemp("demo")
+    demo = ["--configfile", str(REPO / "profiles/demo/demo.yaml")]
+    run_snakemake(workdir, *demo, timeout=1800)
+    run_snakemake(workdir, *demo, "--report", "report.html", timeout=600)
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def chromium() -> str:
     path = shutil.which("chromium")
     if not path:

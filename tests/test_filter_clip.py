@@ -145,7 +145,7 @@ def test_fast_preprocessing_matches_open_clip(tmp_path):
     )
     scorer = clip.ClipScorer(cfg)
     cat = np.asarray(Image.fromarray(data.chelsea()).resize((1024, 681), Image.Resampling.BICUBIC))
-    for suffix, tolerance in ((".png", 0.02), (".jpg", 0.05)):  # mean abs difference, normalised units
+    for suffix, tolerance in ((".png", 0.03), (".jpg", 0.05)):  # mean abs, normalised (1 grey level ~ 0.015)
         path = tmp_path / f"cat{suffix}"
         save_image(path, cat)
         with Image.open(path) as img:

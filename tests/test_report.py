@@ -15,23 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import REPO
 
 from relightflow.images import load_rgb
 from relightflow.manifest import read_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
-DEMO = ["--configfile", str(REPO / "profiles/demo/demo.yaml")]
 SCREENSHOT = REPO / "scripts/report_screenshot.sh"
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    """The demo workflow run once into a temporary working directory, plus its report."""
-    workdir = tmp_path_factory.mktemp("demo")
-    run_snakemake(workdir, *DEMO, timeout=1800)
-    run_snakemake(workdir, *DEMO, "--report", "report.html", timeout=600)
-    return workdir
 
 
 def report_json(html: str, name: str) -> dict:

@@ -1,45 +1,44 @@
-"""End to end: the demo images through every stage, then the tiny SD1.5 model trained a few dozen steps."""
+"""End to end: the demo images through every stage; the tiny SD1.5 model trains a few dozen steps."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
-import yaml
-from conftest import REPO, run_snakemake
 
-from relightflow.train.tiny import save_tiny_pipeline
-
-DEMO_TRAIN = {
-    "model": "sd15", "resolution": 64, "batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 24,
-    "learning_rate": 1.0e-3, "lr_warmup_steps": 2, "mixed_precision": "no", "gradient_checkpointing": False,
-    "checkpointing_steps": 12, "checkpoints_total_limit": 1, "validation_steps": 24, "num_validation_images": 2,
-    "validation_inference_steps": 2, "gpus": 0,
-}  # fmt: skip
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 
-@pytest.mark.slow
-def test_demo_trains_the_tiny_model(workdir: Path) -> None:
-    if "rules/train.smk" not in (REPO / "Snakefile").read_text():
-        pytest.skip("the Snakefile does not include rules/train.smk yet")
-    base = save_tiny_pipeline(workdir / "tiny-sd15", "sd15", 64, instruct=False)
-    demo = yaml.safe_load((REPO / "profiles" / "demo" / "demo.yaml").read_text())
-    demo["input"]["root"] = str(workdir / "images")
-    offline = {
-        "filter": {"backend": "stats"},
-        "pairs": {"segmenter": "classical"},
-        "captions": {"provider": "measured"},
-    }
-    for section, settings in offline.items():  # what the demo profile already sets; explicit here
-        demo[section] = {**settings, **demo.get(section, {})}
-    demo["dataset"] = {**demo.get("dataset", {}), "resolution": 64}
-    demo["train"] = {**demo.get("train", {}), **DEMO_TRAIN, "pretrained": str(base)}
-    demo["stages"] = ["ingest", "filter", "pairs", "captions", "dataset", "train"]
-    (workdir / "demo.yaml").write_text(yaml.safe_dump(demo))
-    run_snakemake(workdir, "--configfile", str(workdir / "demo.yaml"))  # rule all: stages up to train
-
-    summary = json.loads((workdir / "results" / "train" / "summary.json").read_text())
+def test_demo_trains_the_tiny_model(demo_run: Path) -> None:
+    summary = json.loads((demo_run / "results/train/summary.json").read_text())
     assert summary["steps"] == 24 and summary["loss_last"] < summary["loss_first"]
-    assert (workdir / "results" / "train" / "model" / "model_index.json").exists()
-    assert (workdir / "results" / "train" / "checkpoints" / "checkpoint-24").is_dir()
+    assert (demo_run / "results/train/model/model_index.json").exists()
+    assert (demo_run / "results/train/checkpoints/checkpoint-24").is_dir()
+
+
+def test_demo_counts_reconcile_in_every_stage(demo_run: Path) -> None:
+    """Images in = kept + rejected, shard by shard and stage by stage; nothing is lost between stages."""
+    results = demo_run / "results"
+    for stats_file in results.glob("*/stats/**/*.json"):
+        stats = json.loads(stats_file.read_text())
+        if "n_in" in stats:
+            assert stats["n_in"] == stats["n_kept"] + stats["n_rejected"], stats_file
+    ingest = json.loads((results / "ingest/stats.json").read_text())
+    assert ingest["n_rejected"] == 2  # the two broken demo files, with reasons
+    kept = sum(len(pd.read_parquet(p)) for p in (results / "ingest/manifests").glob("*.parquet"))
+    selection = pd.read_parquet(results / "filter/selection.parquet")
+    unselected = pd.read_parquet(results / "filter/unselected.parquet")
+    scored = sum(len(pd.read_parquet(p)) for p in (results / "filter/scores").glob("*.parquet"))
+    filter_rejects = sum(len(pd.read_parquet(p)) for p in (results / "filter/rejects").glob("*.parquet"))
+    assert kept == scored + filter_rejects and scored == len(selection) + len(unselected)
+    pairs = pd.concat(pd.read_parquet(p) for p in (results / "pairs/manifests").glob("*.parquet"))
+    captions = pd.concat(pd.read_parquet(p) for p in (results / "captions").glob("*.parquet"))
+    assert set(pairs["image_id"]) <= set(selection["image_id"])
+    assert captions["instruction"].str.len().gt(0).all()
+    exported = sum(
+        json.loads((results / f"dataset/stats/{s}.json").read_text())["n_kept"]
+        for s in ("train", "val", "test")
+    )
+    assert exported == len(pairs.merge(captions[["image_id"]], on="image_id"))

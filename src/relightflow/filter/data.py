@@ -9,6 +9,7 @@ dropped, so scores can never shift onto the wrong image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -168,12 +169,20 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def _single_thread_worker(_: int) -> None:
-    """Decode workers use one thread each: parallelism comes from the processes."""
-    import cv2
+@contextlib.contextmanager
+def _single_threaded_opencv() -> Iterator[None]:
+    """OpenCV without its thread pool while forked workers run.
 
+    Parallelism comes from the worker processes; and a forked child must never touch the pool it
+    inherited (``cv2.setNumThreads`` in a worker waits forever on the parent's pool threads), so the
+    setting is made in the parent, before the fork, and restored afterwards.
+    """
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def iter_prepared(
@@ -189,6 +198,7 @@ def iter_prepared(
     dataset = ManifestImages(manifest, prepare, decode_side, shape, batch_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-        prefetch_factor=4 if num_workers else None, worker_init_fn=_single_thread_worker, pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None, pin_memory=pin_memory,
     )  # fmt: skip
-    yield from loader
+    with _single_threaded_opencv():
+        yield from loader
