@@ -82,16 +82,18 @@ def test_list_files(tmp_path: Path, suffix: str) -> None:
     assert entries[0].error.startswith("cannot stat")
 
 
-def test_exif_orientation_is_recorded_and_applied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_exif_orientation_is_recorded_and_applied(tmp_path: Path, suffix: str) -> None:
     from PIL import Image
 
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise for display
-    Image.fromarray(render_scene(size=64)[0][:, :40]).save(tmp_path / "r.jpg", exif=exif.tobytes())
-    meta = ingest.probe_image(tmp_path / "r.jpg", 10**8, 8)
+    path = tmp_path / f"r.{suffix}"
+    Image.fromarray(render_scene(size=64)[0][:, :40]).save(path, exif=exif.tobytes())
+    meta = ingest.probe_image(path, 10**8, 8)
     assert (meta["width"], meta["height"], meta["exif_orientation"]) == (40, 64, 6)
     assert (meta["oriented_width"], meta["oriented_height"]) == (64, 40)
-    assert load_rgb(tmp_path / "r.jpg").shape == (40, 64, 3)
+    assert load_rgb(path).shape == (40, 64, 3)
 
 
 def _ingest_corpus(root: Path, out: Path, cfg: dict) -> None:

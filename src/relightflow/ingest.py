@@ -211,8 +211,17 @@ def read_shard_list(path: str | os.PathLike) -> list[Entry]:
 
 
 def _exif_orientation(img: Image.Image) -> int:
+    """EXIF orientation (1-8) read from the header only; PNG's getexif() would decode the whole image."""
     try:
-        return int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
+        if img.format == "PNG":
+            raw = img.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = img.getexif()
+        return int(exif.get(ORIENTATION_TAG, 1) or 1)
     except Exception:  # malformed EXIF must not reject an otherwise good image
         return 1
 
