@@ -50,7 +50,9 @@ def maybe_materialize_demo(config: dict[str, Any]) -> None:
     if base and not (Path(base) / "model_index.json").exists():
         from relightflow.train.tiny import save_tiny_pipeline
 
-        save_tiny_pipeline(base, kind="sd15", resolution=int(demo.get("base_model_resolution", 64)), instruct=False)
+        save_tiny_pipeline(
+            base, kind="sd15", resolution=int(demo.get("base_model_resolution", 64)), instruct=False
+        )
 
 
 def plan(config: dict[str, Any], remote: bool = False, state_dir: str = STATE_DIR) -> list[str]:

@@ -8,24 +8,9 @@ import json
 import os
 from pathlib import Path
 
+from relightflow.train.tiny import bytes_to_unicode
+
 SAM2_TEST_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-to-printable-character table."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def tiny_clip_tokenizer(

@@ -21,7 +21,7 @@ TIME_EMBED = 8  # SDXL addition_time_embed_dim of the tiny UNet
 
 
 @functools.lru_cache(maxsize=1)
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable unicode map."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -49,7 +49,7 @@ def write_clip_vocab(out_dir: str | os.PathLike, max_merges: int | None = 1000) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merges = _bpe_merges(max_merges)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab_path, merges_path = out / "vocab.json", out / "merges.txt"
@@ -66,7 +66,7 @@ def offline_clip_tokenizer(work_dir: str | os.PathLike, max_merges: int | None =
     return CLIPTokenizer(str(vocab), str(merges), model_max_length=max_length, pad_token="<|endoftext|>")
 
 
-def _text_config(tokenizer, projection: bool = False):
+def tiny_text_config(tokenizer, projection: bool = False):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -152,7 +152,7 @@ def build_tiny_pipeline(kind: Kind = "sd15", resolution: int = 64, instruct: boo
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = offline_clip_tokenizer(tmp)
-    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer))
     unet = tiny_unet(kind, resolution, 8 if instruct else 4)
     parts = dict(vae=tiny_vae(force_upcast=kind == "sdxl"), text_encoder=text_encoder, tokenizer=tokenizer)
     parts.update(unet=unet, scheduler=_scheduler(kind, instruct))
@@ -164,7 +164,7 @@ def build_tiny_pipeline(kind: Kind = "sd15", resolution: int = 64, instruct: boo
         )
         return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     parts.update(
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer, projection=True)),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, projection=True)),
         tokenizer_2=tokenizer,
     )
     if instruct:

@@ -45,28 +45,15 @@ def tiny_components(seed: int = 0) -> dict:
     """The modules of a tiny Kontext pipeline (random weights, seeded)."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from relightflow.train.tiny import offline_clip_tokenizer
+    from relightflow.train.tiny import offline_clip_tokenizer, tiny_text_config
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         clip_tok = offline_clip_tokenizer(tmp, max_merges=1000)
     t5_tok = t5_tokenizer()
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_tok),
-            hidden_size=TEXT_HIDDEN,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=TEXT_HIDDEN,
-            bos_token_id=clip_tok.bos_token_id,
-            eos_token_id=clip_tok.eos_token_id,
-            pad_token_id=clip_tok.pad_token_id,
-        )
-    )
+    clip = CLIPTextModel(tiny_text_config(clip_tok))
     t5 = T5EncoderModel(
         T5Config(
             vocab_size=len(t5_tok),
