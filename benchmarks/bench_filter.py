@@ -33,6 +33,7 @@ from relightflow.filter import clip
 from relightflow.filter.data import decode_reduced, iter_prepared
 from relightflow.images import save_image
 from relightflow.manifest import write_table
+from relightflow.testing import tiny_clip
 
 PHOTOS = (
     "astronaut",
@@ -163,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_filter_"))
-    config, checkpoint = clip.save_tiny_clip(tmp / "model", "bench-clip", image_size=224, patch_size=32)
+    config, checkpoint = tiny_clip.save_tiny_clip(tmp / "model", "bench-clip", image_size=224, patch_size=32)
     scorer = clip.ClipScorer(
         {"model": config, "pretrained": checkpoint, "prompts": [["Bright photo.", "Dark photo."]]}
     )

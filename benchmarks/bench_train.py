@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_train.py [--images 32] [--size 256] [--resolution 64]
         [--steps 10] [--threads 1] [--kind sd15] [--device cpu|cuda]
 
-Uses the tiny random pipelines of ``relightflow.train.tiny`` (the same code path as a real checkpoint).
+Uses the tiny random pipelines of ``relightflow.testing.tiny_sd`` (the same code path as a real checkpoint).
 Prints one JSON object: export rows/s, VAE latent caching rows/s, and training images/s from pixels and from
 cached latents (mean over ``--steps`` timed steps after 2 warm-up steps).
 """
@@ -21,7 +21,7 @@ import torch
 
 def time_export(root: Path, images: int, size: int, resolution: int) -> tuple[Path, float]:
     from relightflow.dataset import export_split
-    from relightflow.train.tiny import write_triplet_fixture
+    from relightflow.testing.tiny_sd import write_triplet_fixture
 
     up = write_triplet_fixture(root / "up", n_images=images, size=size)
     t0 = time.perf_counter()
@@ -69,9 +69,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    from relightflow.testing.tiny_sd import overfit_config, save_tiny_pipeline
     from relightflow.train.config import TrainPaths
     from relightflow.train.latents import cache_latents
-    from relightflow.train.tiny import overfit_config, save_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

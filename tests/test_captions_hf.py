@@ -11,10 +11,10 @@ from chat_server import DEFAULT_DESCRIPTION
 
 from relightflow.captions.providers.hf_local import TransformersCaptioner
 from relightflow.captions.run import caption_shard
-from relightflow.captions.tiny_vlm import build_tiny_qwen3vl
 from relightflow.images import save_image
 from relightflow.manifest import read_json, read_table, write_table
 from relightflow.testing import render_scene
+from relightflow.testing.tiny_vlm import build_tiny_qwen3vl
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ import pytest
 from relightflow.dataset import export_split, fit_shorter_side, load_split, summarize, write_webdataset
 from relightflow.images import load_rgb
 from relightflow.manifest import read_json, read_table, write_table
-from relightflow.train.tiny import write_triplet_fixture
+from relightflow.testing.tiny_sd import write_triplet_fixture
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from relightflow.evaluate.run import OUTPUTS
 from relightflow.evaluate.runtimes import collect_runtimes
 from relightflow.images import load_rgb
 from relightflow.manifest import read_json, read_table
-from relightflow.train.tiny import save_tiny_pipeline, write_triplet_fixture
+from relightflow.testing.tiny_sd import save_tiny_pipeline, write_triplet_fixture
 
 CFG = {"num_inference_steps": 2, "guidance_scale": 3.0, "image_guidance_scale": 1.5, "resolution": 64,
        "batch_size": 2, "grid_rows": 3, "lpips": False}  # fmt: skip
@@ -184,8 +184,8 @@ def test_flux_kontext_pipeline_and_lora_folder(assets: dict[str, Path], tmp_path
     from peft import LoraConfig
 
     from relightflow.manifest import write_json
+    from relightflow.testing.tiny_flux import build_tiny_flux_kontext, save_tiny_flux_kontext
     from relightflow.train import flux_kontext as fk
-    from relightflow.train.tiny_flux import build_tiny_flux_kontext, save_tiny_flux_kontext
 
     base = save_tiny_flux_kontext(tmp_path / "kontext")
     transformer = build_tiny_flux_kontext().transformer

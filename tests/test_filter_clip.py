@@ -18,6 +18,7 @@ from relightflow.filter.data import load_reduced  # noqa: E402
 from relightflow.filter.score import SCORE_COLUMNS, score_shard  # noqa: E402
 from relightflow.images import save_image  # noqa: E402
 from relightflow.manifest import read_json, read_table, write_table  # noqa: E402
+from relightflow.testing import tiny_clip  # noqa: E402
 
 torch.set_num_threads(1)
 PAIRS = [
@@ -30,7 +31,7 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    config, checkpoint = clip.save_tiny_clip(tmp_path_factory.mktemp("tiny"))
+    config, checkpoint = tiny_clip.save_tiny_clip(tmp_path_factory.mktemp("tiny"))
     return {"model": config, "pretrained": checkpoint, "prompts": PAIRS, "temperature": 100.0}
 
 
@@ -108,7 +109,7 @@ def test_pair_probabilities_prefer_the_closer_prompt():
 def test_embeddings_stored_when_asked(tmp_path, tiny, shard):
     scores, _, _ = _score(tmp_path, shard[0], tiny, num_workers=0, store_embeddings=True)
     emb = np.stack(scores["embedding"].to_numpy())
-    assert emb.shape == (len(scores), clip.TINY_CONFIG["embed_dim"])
+    assert emb.shape == (len(scores), tiny_clip.TINY_CONFIG["embed_dim"])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
@@ -138,7 +139,7 @@ def test_fast_preprocessing_matches_open_clip(tmp_path):
     """Reduced decode + OpenCV resize + crop + on-device normalisation ~ open_clip's PIL transform at 224."""
     import open_clip
 
-    config, checkpoint = clip.save_tiny_clip(tmp_path / "m224", "tiny-224", image_size=224, patch_size=32)
+    config, checkpoint = tiny_clip.save_tiny_clip(tmp_path / "m224", "tiny-224", image_size=224, patch_size=32)
     cfg = {"model": config, "pretrained": checkpoint, "prompts": PAIRS}
     _, _, preprocess = open_clip.create_model_and_transforms(
         clip.register_model(config), pretrained=checkpoint

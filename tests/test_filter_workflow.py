@@ -19,8 +19,8 @@ import pytest
 import yaml
 from skimage import data
 
-from relightflow.filter.clip import save_tiny_clip
 from relightflow.images import save_image
+from relightflow.testing.tiny_clip import save_tiny_clip
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

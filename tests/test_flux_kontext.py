@@ -19,8 +19,8 @@ pytest.importorskip("peft")
 from PIL import Image  # noqa: E402
 
 from relightflow.testing import Scene, render_scene  # noqa: E402
+from relightflow.testing.tiny_flux import save_tiny_flux_kontext  # noqa: E402
 from relightflow.train import flux_kontext as fk  # noqa: E402
-from relightflow.train.tiny_flux import save_tiny_flux_kontext  # noqa: E402
 
 FEATURES = {"input_image": "image", "edit_prompt": "string", "edited_image": "image"}
 

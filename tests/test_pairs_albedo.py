@@ -87,7 +87,7 @@ def test_marigold_from_a_tiny_saved_pipeline(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from relightflow.pairs.albedo import MarigoldAlbedo
-    from relightflow.pairs.tiny import build_tiny_marigold
+    from relightflow.testing.tiny_sam import build_tiny_marigold
 
     folder = build_tiny_marigold(tmp_path / "marigold")
     model = MarigoldAlbedo(folder)

@@ -97,7 +97,7 @@ def torch_one_thread():
 
 def test_sam2_from_bundled_config_and_a_saved_checkpoint(tmp_path_factory, torch_one_thread):
     pytest.importorskip("sam2")
-    from relightflow.pairs.tiny import SAM2_TEST_CONFIG, build_tiny_sam2_checkpoint
+    from relightflow.testing.tiny_sam import SAM2_TEST_CONFIG, build_tiny_sam2_checkpoint
 
     ckpt = build_tiny_sam2_checkpoint(tmp_path_factory.mktemp("sam2") / "tiny.pt", image_size=256)
     cfg = {"segmenter": "sam2", "sam2": {"config": SAM2_TEST_CONFIG, "checkpoint": ckpt, "image_size": 256}}
@@ -112,7 +112,7 @@ def test_sam2_from_bundled_config_and_a_saved_checkpoint(tmp_path_factory, torch
 
 
 def test_sam3_from_a_tiny_saved_model(tmp_path, torch_one_thread):
-    from relightflow.pairs.tiny import build_tiny_sam3
+    from relightflow.testing.tiny_sam import build_tiny_sam3
 
     folder = build_tiny_sam3(tmp_path / "sam3")
     seg = build_segmenter(

@@ -14,7 +14,7 @@ from PIL import Image
 
 from relightflow import cli, relight
 from relightflow.images import save_image
-from relightflow.train.tiny import save_tiny_pipeline
+from relightflow.testing.tiny_sd import save_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

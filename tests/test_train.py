@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from relightflow.testing.tiny_sd import export_fixture_split, overfit_config, save_tiny_pipeline
 from relightflow.train.config import TrainPaths
 from relightflow.train.ip2p import Trainer, train, widen_conv_in
-from relightflow.train.tiny import export_fixture_split, overfit_config, save_tiny_pipeline
 
 RES = 64
 
@@ -26,7 +26,7 @@ def tiny_paths(root: Path, data: Path, **kw) -> TrainPaths:
 
 
 def test_widen_conv_in_zero_init() -> None:
-    from relightflow.train.tiny import tiny_unet
+    from relightflow.testing.tiny_sd import tiny_unet
 
     unet = tiny_unet("sd15", RES, in_channels=4)
     old = unet.conv_in.weight.detach().clone()

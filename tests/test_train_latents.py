@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from relightflow.dataset import load_split
+from relightflow.testing.tiny_sd import export_fixture_split, overfit_config, save_tiny_pipeline
 from relightflow.train.config import TrainPaths
 from relightflow.train.data import latent_dataset
 from relightflow.train.ip2p import train
 from relightflow.train.latents import cache_latents, load_vae
-from relightflow.train.tiny import export_fixture_split, overfit_config, save_tiny_pipeline
 
 RES = 64
 

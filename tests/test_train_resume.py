@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from relightflow.logs import logged
+from relightflow.testing.tiny_sd import export_fixture_split, overfit_config, save_tiny_pipeline
 from relightflow.train.config import TrainPaths
 from relightflow.train.ip2p import checkpoints
 from relightflow.train.launch import launch, write_job
-from relightflow.train.tiny import export_fixture_split, overfit_config, save_tiny_pipeline
 
 RES = 64
 

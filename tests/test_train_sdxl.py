@@ -7,9 +7,9 @@ import json
 import numpy as np
 import torch
 
+from relightflow.testing.tiny_sd import export_fixture_split, overfit_config, save_tiny_pipeline
 from relightflow.train.config import TrainPaths
 from relightflow.train.ip2p import sdxl_time_ids, train
-from relightflow.train.tiny import export_fixture_split, overfit_config, save_tiny_pipeline
 
 RES = 64
 

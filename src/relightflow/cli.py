@@ -58,7 +58,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from relightflow.train.tiny import save_tiny_pipeline
+    from relightflow.testing.tiny_sd import save_tiny_pipeline
 
     out = save_tiny_pipeline(args.output, args.kind, args.resolution, instruct=not args.base, seed=args.seed)
     print(f"tiny {args.kind} pipeline saved to {out}")

@@ -48,7 +48,7 @@ def maybe_materialize_demo(config: dict[str, Any]) -> None:
         materialize(config["input"]["root"], **(demo.get("options") or {}))
     base = demo.get("base_model")
     if base and not (Path(base) / "model_index.json").exists():
-        from relightflow.train.tiny import save_tiny_pipeline
+        from relightflow.testing.tiny_sd import save_tiny_pipeline
 
         save_tiny_pipeline(
             base, kind="sd15", resolution=int(demo.get("base_model_resolution", 64)), instruct=False

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from relightflow.devices import pick_device
 from relightflow.filter.data import resize_center_crop
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def pair_probabilities(sims: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(pick_device(device))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -166,31 +167,3 @@ class ClipScorer:
             "prompts": [list(p) for p in self.pairs], "prompts_version": self.version,
             "temperature": self.temperature, "image_size": self.size,
         }  # fmt: skip
-
-
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
-def save_tiny_clip(
-    folder: str | Path, name: str = "tiny-clip", seed: int = 0, image_size: int = 64, patch_size: int = 16
-) -> tuple[str, str]:
-    """Write a tiny random open_clip model: ``(config json path, checkpoint path)`` for ``load_clip``."""
-    import open_clip
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        **TINY_CONFIG,
-        "vision_cfg": {**TINY_CONFIG["vision_cfg"], "image_size": image_size, "patch_size": patch_size},
-    }
-    config = folder / f"{name}.json"
-    config.write_text(json.dumps(cfg))
-    torch.manual_seed(seed)
-    model = open_clip.model.CLIP(**cfg)
-    checkpoint = folder / f"{name}.pt"
-    torch.save(model.state_dict(), checkpoint)
-    return str(config), str(checkpoint)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from relightflow.devices import pick_device, torch_dtype
 from relightflow.pairs.color import linear_to_srgb, linear_to_srgb8, luminance, srgb_to_linear
 from relightflow.pairs.filters import blend, masked_blur, soft_mask
 
@@ -103,11 +104,10 @@ class MarigoldAlbedo:
         device: str | None = None,
         seed: int = 0,
     ) -> None:
-        import torch
         from diffusers import MarigoldIntrinsicsPipeline
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        half = {"torch_dtype": torch.float16} if self.device.startswith("cuda") else {}
+        self.device = pick_device(device)
+        half = {"torch_dtype": torch_dtype("fp16", self.device)} if self.device.startswith("cuda") else {}
         self.pipe = MarigoldIntrinsicsPipeline.from_pretrained(model, **half).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps, self.resolution, self.seed = num_inference_steps, processing_resolution, seed

@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from relightflow.devices import pick_device
+
 log = logging.getLogger(__name__)
 
 # Portrait prior used when no face is found: a box and a point, as fractions of (width, height).
@@ -105,9 +107,7 @@ def separability(image: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return pick_device(device)
 
 
 # ---------------------------------------------------------------- backends

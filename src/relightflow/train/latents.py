@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from relightflow.dataset import RollingParquetWriter, _fresh_tmp, data_files, replace_dir
+from relightflow.devices import pick_device
 from relightflow.train.data import PairTransform
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,8 @@ def cache_latents(
     device: str | None = None,
 ) -> int:
     """Encode every row of the split in ``dataset_dir`` into ``out_dir/data-*.parquet``; return the row count."""
-    import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
     model = load_vae(pretrained, vae, device)
     transform = PairTransform(resolution, center_crop=True, random_flip=False)
     out = Path(out_dir)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from relightflow.captions.providers.base import CaptionResult, Counters, generate_validated
 from relightflow.captions.schema import SYSTEM_PROMPT, USER_PROMPT
+from relightflow.devices import pick_device, torch_dtype
 
 
 def hf_messages(image: np.ndarray) -> list[dict[str, Any]]:
@@ -45,11 +46,10 @@ class TransformersCaptioner:
 
     def load(self) -> None:
         """Load processor and model (hub id or local folder) onto the GPU if there is one."""
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.device = pick_device(self.device)
+        dtype = torch_dtype("auto", self.device)
         self.processor = AutoProcessor.from_pretrained(self.model)
         self.processor.tokenizer.padding_side = "left"
         self.net = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype).to(self.device).eval()

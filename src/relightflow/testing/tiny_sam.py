@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from relightflow.train.tiny import bytes_to_unicode
+from relightflow.testing.tiny_sd import bytes_to_unicode
 
 SAM2_TEST_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 

@@ -47,7 +47,7 @@ def tiny_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from relightflow.train.tiny import offline_clip_tokenizer, tiny_text_config
+    from relightflow.testing.tiny_sd import offline_clip_tokenizer, tiny_text_config
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
