@@ -2,7 +2,9 @@
 # This file only declares: configuration, its validation, the stage rule files and the final targets.
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from relightflow.config import validate
 
 min_version("9.0")
 
@@ -10,13 +12,14 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-validate(config, "schemas/config.schema.yaml")
+validate(config)  # every setting's default and description: src/relightflow/config.schema.yaml
 
 
 report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/demo.smk"
 include: "rules/ingest.smk"
 include: "rules/filter.smk"
 include: "rules/pairs.smk"

@@ -8,7 +8,7 @@ CAPTIONS = config["captions"]
 CAPTION_PROVIDER = CAPTIONS["provider"]
 CAPTION_ENV = "../envs/vlm.yaml" if CAPTION_PROVIDER == "vllm" else "../envs/base.yaml"
 # GPUs per caption job: vLLM uses captions.vllm.gpus (its tensor-parallel size), transformers one, others none
-CAPTION_GPUS = {"vllm": int(CAPTIONS["vllm"].get("gpus", 1)), "transformers": 1}.get(CAPTION_PROVIDER, 0)
+CAPTION_GPUS = {"vllm": CAPTIONS["vllm"]["gpus"], "transformers": 1}.get(CAPTION_PROVIDER, 0)
 CAPTION_MEM_MB = {"vllm": 64000, "transformers": 32000}.get(CAPTION_PROVIDER, 4000)
 
 
@@ -19,12 +19,13 @@ rule caption:
         selected=selected_shard,
         segments=f"{RESULTS}/pairs/segments/{{shard}}.parquet",
     output:
-        captions=f"{RESULTS}/captions/{{shard}}.parquet",
+        table=f"{RESULTS}/captions/{{shard}}.parquet",
         rejects=f"{RESULTS}/captions/rejects/{{shard}}.parquet",
         stats=f"{RESULTS}/captions/stats/{{shard}}.json",
     params:
         cfg=CAPTIONS,
         cache_dir=config["cache_dir"],
+        images=config["images"],
     log:
         f"{RESULTS}/logs/captions/caption/{{shard}}.log",
     benchmark:
@@ -56,7 +57,7 @@ rule caption_summary:
     conda:
         "../envs/base.yaml"
     script:
-        "../workflow_scripts/caption_summary.py"
+        "../workflow_scripts/gather.py"
 
 
 TARGETS["captions"] = [

@@ -12,6 +12,11 @@ def shard_list(wildcards):
     return rfw.shard_list_path(wildcards.shard)
 
 
+def demo_images(wildcards):
+    """The demo_data rule's folder when the input is the built-in demo (its ingest waits for it)."""
+    return [config["input"]["root"]] if rfw.demo_generated(config) else []
+
+
 # Each stage file registers what `rule all` builds for it; config `stages` picks which stages run.
 TARGETS = {}
 
@@ -29,8 +34,10 @@ def selected_shard(wildcards):
 def train_inputs(wildcards):
     """The train split, the val split (validation grids) and, when cached, the train latents."""
     inputs = {"train": f"{RESULTS}/dataset/train"}
-    if config["filter"]["splits"].get("val", 0) > 0:
+    if config["demo"]["base_model"]:
+        inputs["base_model"] = config["demo"]["base_model"]
+    if config["filter"]["splits"].get("val", 0) > 0:  # splits are user-named
         inputs["val"] = f"{RESULTS}/dataset/val"
-    if config["dataset"].get("cache_latents") and config["train"]["model"] != "flux-kontext":
+    if config["dataset"]["cache_latents"] and config["train"]["model"] != "flux-kontext":
         inputs["latents"] = f"{RESULTS}/dataset/latents/train"
     return inputs

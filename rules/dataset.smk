@@ -37,8 +37,10 @@ rule export_dataset:
 rule dataset_summary:
     input:
         stats=expand(f"{RESULTS}/dataset/stats/{{split}}.json", split=SPLITS),
+        rejects=expand(f"{RESULTS}/dataset/rejects/{{split}}.parquet", split=SPLITS),
     output:
         stats=report(f"{RESULTS}/dataset/stats.json", category="5. Dataset", caption="../report/train_dataset.rst"),
+        rejects=f"{RESULTS}/dataset/rejects.parquet",
     log:
         f"{RESULTS}/logs/dataset/summary.log",
     benchmark:
@@ -46,7 +48,7 @@ rule dataset_summary:
     conda:
         "../envs/base.yaml"
     script:
-        "../workflow_scripts/dataset_summary.py"
+        "../workflow_scripts/gather.py"
 
 
 rule webdataset:
@@ -76,9 +78,9 @@ rule cache_latents:
         latents=directory(f"{RESULTS}/dataset/latents/{{split}}"),
     params:
         pretrained=config["train"]["pretrained"],
-        vae=config["train"].get("vae"),
+        vae=config["train"]["vae"],
         resolution=config["train"]["resolution"],
-        batch_size=DATASET.get("latents_batch_size", 16),
+        batch_size=DATASET["latents_batch_size"],
     log:
         f"{RESULTS}/logs/dataset/cache_latents_{{split}}.log",
     benchmark:
@@ -96,6 +98,6 @@ rule cache_latents:
 TARGETS["dataset"] = [
     f"{RESULTS}/dataset/stats.json",
     *expand(f"{RESULTS}/dataset/{{split}}", split=SPLITS),
-    *(expand(f"{RESULTS}/dataset/webdataset/{{split}}", split=SPLITS) if DATASET.get("webdataset") else []),
-    *([f"{RESULTS}/dataset/latents/train"] if DATASET.get("cache_latents") else []),
+    *(expand(f"{RESULTS}/dataset/webdataset/{{split}}", split=SPLITS) if DATASET["webdataset"] else []),
+    *([f"{RESULTS}/dataset/latents/train"] if DATASET["cache_latents"] else []),
 ]

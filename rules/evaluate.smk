@@ -4,7 +4,7 @@
 # dataset and the per-rule runtimes table built from every job's `benchmark:` file.
 
 EVALUATE = config["evaluate"]
-EVAL_SPLIT = EVALUATE.get("split", "test")
+EVAL_SPLIT = EVALUATE["split"]
 EVAL_DIR = f"{RESULTS}/evaluate"
 
 
@@ -53,7 +53,7 @@ rule caption_examples:
             f"{EVAL_DIR}/caption_stats.html", category="4. Captions", caption="../report/evaluate_captions.rst"
         ),
     params:
-        num_examples=EVALUATE.get("caption_examples", 12),
+        num_examples=EVALUATE["caption_examples"],
     log:
         f"{RESULTS}/logs/evaluate/caption_examples.log",
     benchmark:

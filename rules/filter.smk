@@ -7,19 +7,20 @@
 FILTER = config["filter"]
 FILTER_BACKEND = FILTER["backend"]
 SELECT_KEYS = ("num_images", "threshold", "top_fraction", "min_side", "splits", "dedup")
-FILTER_WORKERS = int(FILTER[FILTER_BACKEND].get("num_workers", 2))  # decode workers of the data path
+FILTER_WORKERS = FILTER[FILTER_BACKEND]["num_workers"]  # decode workers of the data path
 
 
 rule score_lighting:
     input:
         manifest=f"{RESULTS}/ingest/manifests/{{shard}}.parquet",
     output:
-        scores=f"{RESULTS}/filter/scores/{{shard}}.parquet",
+        table=f"{RESULTS}/filter/scores/{{shard}}.parquet",
         rejects=f"{RESULTS}/filter/rejects/{{shard}}.parquet",
         stats=f"{RESULTS}/filter/stats/{{shard}}.json",
     params:
         backend=FILTER_BACKEND,
         cfg=FILTER[FILTER_BACKEND],
+        images=config["images"],
     threads: FILTER_WORKERS + 1
     log:
         f"{RESULTS}/logs/filter/score_lighting/{{shard}}.log",
@@ -53,7 +54,7 @@ checkpoint select:
             f"{RESULTS}/filter/contact_sheet.png", category="2. Filter", caption="../report/filter_contact_sheet.rst"
         ),
     params:
-        cfg={key: FILTER.get(key) for key in SELECT_KEYS},
+        cfg={key: FILTER[key] for key in SELECT_KEYS},
         seed=config["seed"],
         shards=SHARDS,
     log:

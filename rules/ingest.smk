@@ -5,13 +5,15 @@
 rule ingest:
     input:
         listing=shard_list,
+        demo=demo_images,
     output:
-        manifest=f"{RESULTS}/ingest/manifests/{{shard}}.parquet",
+        table=f"{RESULTS}/ingest/manifests/{{shard}}.parquet",
         rejects=f"{RESULTS}/ingest/rejects/{{shard}}.parquet",
         stats=f"{RESULTS}/ingest/stats/{{shard}}.json",
     params:
         root=rfw.input_root(config),
         cfg=config["ingest"],
+        images=config["images"],
     log:
         f"{RESULTS}/logs/ingest/{{shard}}.log",
     benchmark:
@@ -39,7 +41,7 @@ rule ingest_summary:
     conda:
         "../envs/base.yaml"
     script:
-        "../workflow_scripts/ingest_summary.py"
+        "../workflow_scripts/gather.py"
 
 
 TARGETS["ingest"] = [f"{RESULTS}/ingest/rejects.parquet", f"{RESULTS}/ingest/stats.json"]

@@ -16,13 +16,14 @@ rule segment:
     input:
         selected=selected_shard,
     output:
-        segments=f"{RESULTS}/pairs/segments/{{shard}}.parquet",
+        table=f"{RESULTS}/pairs/segments/{{shard}}.parquet",
         masks=directory(f"{RESULTS}/pairs/masks/{{shard}}"),
         rejects=f"{RESULTS}/pairs/rejects/segment/{{shard}}.parquet",
         stats=f"{RESULTS}/pairs/stats/segment/{{shard}}.json",
     params:
         cfg={k: v for k, v in PAIRS.items() if k in ("segmenter", PAIRS["segmenter"], "min_mask_fraction", "feather_px", "max_side")},
         cache_dir=config["cache_dir"],
+        images=config["images"],
     log:
         f"{RESULTS}/logs/pairs/segment/{{shard}}.log",
     benchmark:
@@ -42,7 +43,7 @@ rule degrade:
         segments=f"{RESULTS}/pairs/segments/{{shard}}.parquet",
         masks=f"{RESULTS}/pairs/masks/{{shard}}",
     output:
-        manifest=f"{RESULTS}/pairs/manifests/{{shard}}.parquet",
+        table=f"{RESULTS}/pairs/manifests/{{shard}}.parquet",
         images=directory(f"{RESULTS}/pairs/images/{{shard}}"),
         contact_sheet=report(
             f"{RESULTS}/pairs/contact/{{shard}}.png", category="3. Pairs", subcategory="contact sheets",
@@ -53,7 +54,8 @@ rule degrade:
     params:
         cfg=PAIRS,
         seed=config["seed"],
-    threads: int(PAIRS.get("threads", 4))
+        images=config["images"],
+    threads: PAIRS["threads"]
     log:
         f"{RESULTS}/logs/pairs/degrade/{{shard}}.log",
     benchmark:
@@ -70,8 +72,7 @@ rule degrade:
 
 rule pairs_summary:
     input:
-        segment=expand(f"{RESULTS}/pairs/stats/segment/{{shard}}.json", shard=SHARDS),
-        degrade=expand(f"{RESULTS}/pairs/stats/degrade/{{shard}}.json", shard=SHARDS),
+        stats=expand(f"{RESULTS}/pairs/stats/{{rule}}/{{shard}}.json", rule=("segment", "degrade"), shard=SHARDS),
         rejects=expand(f"{RESULTS}/pairs/rejects/{{rule}}/{{shard}}.parquet", rule=("segment", "degrade"), shard=SHARDS),
     output:
         stats=report(f"{RESULTS}/pairs/stats.json", category="3. Pairs", caption="../report/pairs.rst"),
@@ -86,7 +87,7 @@ rule pairs_summary:
     conda:
         "../envs/base.yaml"
     script:
-        "../workflow_scripts/pairs_summary.py"
+        "../workflow_scripts/gather.py"
 
 
 TARGETS["pairs"] = [

@@ -13,17 +13,17 @@ rule train:
         summary=f"{RESULTS}/train/summary.json",
         curve=report(f"{RESULTS}/train/loss_curve.png", category="6. Train", caption="../report/train.rst"),
     params:
-        cfg={**TRAIN, "seed": TRAIN.get("seed", config["seed"])},
+        cfg={**TRAIN, "seed": config["seed"] if TRAIN["seed"] is None else TRAIN["seed"]},
         work_dir=lambda wildcards, output: output.summary.rsplit("/", 1)[0],  # results/train: checkpoints, logs
-    threads: TRAIN.get("threads", 16)  # CPU threads shared by the accelerate processes (capped by --cores)
+    threads: TRAIN["threads"]  # CPU threads shared by the accelerate processes (capped by --cores)
     log:
         f"{RESULTS}/logs/train/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/train.tsv"
     resources:
         gpu=TRAIN["gpus"],
-        mem_mb=TRAIN.get("mem_mb", 64000),
-        runtime=TRAIN.get("runtime", 2880),
+        mem_mb=TRAIN["mem_mb"],
+        runtime=TRAIN["runtime"],
     conda:
         "../envs/train.yaml"
     script:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command: lint, bring up the local Slurm test cluster (when installed), run the whole suite.
+# The test command: installs what is missing, lints, brings up the local Slurm test cluster (as root, when
+# its packages are installed) and runs the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check src tests workflow_scripts benchmarks

@@ -48,6 +48,24 @@ def _bomb_png(width: int, height: int) -> bytes:
     )
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _jpeg_frame_size(data: bytes, height: int, width: int) -> bytes:
+    """A JPEG whose SOF0 header claims another frame size than its data holds."""
+    i = data.index(b"\xff\xc0")
+    b = bytearray(data)
+    b[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(b)
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
 def make_corpus(root: Path) -> dict[str, str]:
     """Write the corpus under ``root``; return {relpath: expected outcome ('keep' or a reason prefix)}."""
     root.mkdir(parents=True, exist_ok=True)
@@ -106,4 +124,31 @@ def make_corpus(root: Path) -> dict[str, str]:
     put("ok/folder.jpg/inner.png", good_png, KEEP)
     put("ok/notes.txt", b"not listed: wrong extension", "unlisted")
     del expected["ok/notes.txt"]
+
+    # plugins that raise other errors than OSError, formats that are not allowed, non-regular files
+    put("bad/ppm_header_only.jpg", b"P6", "not an image")  # Pillow's PPM plugin: ValueError at open
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto showpage\n"
+    put("bad/postscript.jpg", eps, "not an image")  # EPS would run Ghostscript: never opened
+    put("bad/pdf.jpg", b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n", "not an image")
+    put("bad/icon.jpg", _encoded(pil.resize((64, 64)), "ICO"), "not an image")  # a format not allowed
+    psd = b"8BPS\x00\x01" + b"\x00" * 6 + struct.pack(">HIIHH", 3, 96, 96, 8, 3) + b"\x00" * 30
+    put("bad/photoshop.jpg", psd, "not an image")
+    ztxt = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (16 << 20)))
+    put("bad/text_chunk_bomb.png", good_png[:33] + ztxt + good_png[33:], "unreadable")  # ValueError at open
+    put("bad/jpeg_zero_height.jpg", _jpeg_frame_size(good_jpeg, 0, 96), "not an image")
+    put("bad/jpeg_huge_frame.jpg", _jpeg_frame_size(good_jpeg, 65500, 65500), "too many pixels")
+    bmp = b"BM" + struct.pack("<IHHI", 100, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 10**6, 10**6, 1, 24, 0, 0, 0, 0, 0, 0)
+    put("bad/bmp_bomb.bmp", bmp, "too many pixels")
+    bad_crc = bytearray(good_png)
+    bad_crc[29] ^= 0xFF
+    put("bad/png_bad_crc.png", bytes(bad_crc), "not an image|corrupt image")
+    put("bad/png_no_data.png", good_png[:33] + _png_chunk(b"IEND", b""), "corrupt image")
+    put("bad/tiff_bad_ifd.tif", b"II*\x00" + struct.pack("<IH", 8, 5) + b"\xff" * 20, "not an image|corrupt image")
+    webp = _encoded(pil, "WEBP")
+    put("bad/webp_truncated.webp", webp[: len(webp) // 2], "unreadable|corrupt image")
+    put("ok/gif_named.png", _encoded(pil, "GIF"), KEEP)  # GIF is allowed; the content decides
+    os.mkfifo(root / "bad/fifo.jpg")  # would block a reader forever: never opened
+    expected["bad/fifo.jpg"] = "not a regular file"
+    os.symlink("/dev/zero", root / "bad/device.jpg")  # an endless stream behind a link: never opened
+    expected["bad/device.jpg"] = "not a regular file"
     return expected

@@ -20,15 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def run_snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: int = 900
-) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in ``workdir`` (a real Snakemake subprocess)."""
-    cmd = [
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The command line that runs the repository's workflow in ``workdir``."""
+    return [
         SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
         "--scheduler", "greedy", "--rerun-triggers", "mtime", "params", "input", "software-env", *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+
+
+def run_snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in ``workdir`` (a real Snakemake subprocess)."""
+    cmd = snakemake_command(workdir, *args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"

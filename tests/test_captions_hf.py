@@ -10,9 +10,11 @@ import torch
 from chat_server import DEFAULT_DESCRIPTION
 
 from relightflow.captions.providers.hf_local import TransformersCaptioner
-from relightflow.captions.run import caption_shard
+from relightflow.captions.run import CaptionStage
+from relightflow.config import section
 from relightflow.images import save_image
 from relightflow.manifest import read_json, read_table, write_table
+from relightflow.shards import ShardOutputs, run_shard
 from relightflow.testing import render_scene
 from relightflow.testing.tiny_vlm import build_tiny_qwen3vl
 
@@ -63,16 +65,16 @@ def test_shard_with_transformers_provider_and_warm_cache(taught: Path, tmp_path:
         save_image(tmp_path / f"{i}.png", image)
         rows.append({"image_id": f"id{i}", "path": str(tmp_path / f"{i}.png")})
     write_table(tmp_path / "selected.parquet", rows)
-    cfg = {"provider": "transformers", "prompt_version": "v1", "attributes": "check", "batch_size": 8,
-           "template": "{phrase}", "transformers": {"model": str(taught), "max_new_tokens": 60, "max_side": 96}}  # fmt: skip
+    cfg = section("captions", {"provider": "transformers", "attributes": "check", "template": "{phrase}",
+                               "transformers": {"model": str(taught), "max_new_tokens": 60, "max_side": 96}})  # fmt: skip
     for run in ("cold", "warm"):
         captioner = TransformersCaptioner(cfg["transformers"])
-        caption_shard(tmp_path / "selected.parquet", None, "00000", tmp_path / run / "c.parquet",
-                      tmp_path / run / "r.parquet", tmp_path / run / "s.json", cfg, tmp_path / "cache",
-                      captioner=captioner)  # fmt: skip
+        stage = CaptionStage(tmp_path / "selected.parquet", None, cfg, tmp_path / "cache", captioner=captioner)
+        outputs = ShardOutputs(tmp_path / run / "c.parquet", tmp_path / run / "r.parquet", tmp_path / run / "s.json")
+        run_shard(stage, "00000", outputs)
     cold, warm = read_table(tmp_path / "cold" / "c.parquet"), read_table(tmp_path / "warm" / "c.parquet")
     assert list(cold["instruction"]) == ["warm window light from the left, indoor"] * 2
     assert cold["source"][0] == f"transformers/{taught}" and not cold["cache_hit"].any()
     assert warm["cache_hit"].all() and list(warm["instruction"]) == list(cold["instruction"])
     assert captioner.net is None  # warm cache: the model was never loaded
-    assert read_json(tmp_path / "warm" / "s.json")["extra"]["cache_hits"] == 2
+    assert read_json(tmp_path / "warm" / "s.json")["counts"]["cache_hits"] == 2

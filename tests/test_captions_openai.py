@@ -11,10 +11,12 @@ import pytest
 from chat_server import DEFAULT_DESCRIPTION, ChatServer
 
 from relightflow.captions.providers.openai_http import OpenAICaptioner, parse_retry_after
-from relightflow.captions.run import caption_shard
+from relightflow.captions.run import CaptionStage
+from relightflow.config import section
 from relightflow.images import save_image
 from relightflow.logs import logged
 from relightflow.manifest import read_json, read_table, write_table
+from relightflow.shards import ShardOutputs, run_shard
 from relightflow.testing import render_scene
 
 KEY_ENV = "RELIGHTFLOW_TEST_KEY"
@@ -127,13 +129,12 @@ def _shard(tmp_path: Path, n: int = 3) -> tuple[Path, Path]:
 
 def _run(tmp_path: Path, server: ChatServer, tag: str, **cfg_overrides) -> dict:
     selected, segments = _shard(tmp_path)
-    cfg = {"provider": "openai", "prompt_version": "v1", "attributes": "override", "max_chars": 120,
-           "template": "{light} from the {direction}, {temperature} tone", "batch_size": 2,
-           "openai": _cfg(server), **cfg_overrides}  # fmt: skip
+    cfg = section("captions", {"provider": "openai", "attributes": "override", "max_chars": 120, "batch_size": 2,
+                               "openai": _cfg(server), **cfg_overrides})  # fmt: skip
     out = tmp_path / tag
     with logged(out / "job.log"):
-        caption_shard(selected, segments, "00000", out / "c.parquet", out / "r.parquet", out / "s.json", cfg,
-                      tmp_path / "cache")  # fmt: skip
+        stage = CaptionStage(selected, segments, cfg, tmp_path / "cache")
+        run_shard(stage, "00000", ShardOutputs(out / "c.parquet", out / "r.parquet", out / "s.json"))
     return {"captions": read_table(out / "c.parquet"), "rejects": read_table(out / "r.parquet"),
             "stats": read_json(out / "s.json"), "log": (out / "job.log").read_text()}  # fmt: skip
 
@@ -147,8 +148,8 @@ def test_shard_run_then_rerun_from_cache_makes_no_request(tmp_path: Path) -> Non
     caps, stats = first["captions"], first["stats"]
     assert len(caps) == 3 and list(first["rejects"]["image_id"]) == ["broken"]
     assert first["rejects"]["reason"][0].startswith("unreadable image:")
-    assert stats["extra"]["cache_misses"] == 3 and stats["extra"]["requests"] == 3
-    assert second["stats"]["extra"]["cache_hits"] == 3 and second["stats"]["extra"].get("requests") == 0
+    assert stats["counts"]["cache_misses"] == 3 and stats["counts"]["requests"] == 3
+    assert second["stats"]["counts"]["cache_hits"] == 3 and second["stats"]["counts"].get("requests") == 0
     assert list(second["captions"]["cache_hit"]) == [True] * 3
     assert list(second["captions"]["instruction"]) == list(caps["instruction"])
     # override: the measured direction replaces the VLM's "left" where they disagree
@@ -184,7 +185,7 @@ def test_failed_caption_is_a_reject_row(tmp_path: Path) -> None:
 
 
 def test_unreachable_provider_fails_the_job_without_outputs(tmp_path: Path) -> None:
-    with ChatServer(default="500") as server, pytest.raises(RuntimeError, match="captions failed"):
+    with ChatServer(default="500") as server, pytest.raises(RuntimeError, match="still failed after their retries"):
         _run(tmp_path, server, "down", openai=_cfg(server, max_retries=1))
     assert not (tmp_path / "down" / "c.parquet").exists()
 
@@ -192,6 +193,6 @@ def test_unreachable_provider_fails_the_job_without_outputs(tmp_path: Path) -> N
 def test_stats_json_is_valid(tmp_path: Path) -> None:
     with ChatServer(faults=["500"]) as server:
         res = _run(tmp_path, server, "s")
-    extra = res["stats"]["extra"]
+    extra = res["stats"]["counts"]
     assert extra["retries"] == 1 and extra["requests"] == 4 and extra["failures"] == 0
     json.dumps(res["stats"])

@@ -13,13 +13,14 @@ from chat_server import DEFAULT_DESCRIPTION
 from relightflow.captions.providers import make_captioner
 from relightflow.captions.providers.base import chat_messages
 from relightflow.captions.providers.vllm_offline import VLLMCaptioner, llm_kwargs, visible_gpu_count
-from relightflow.captions.run import COLUMNS, caption_shard, gather_captions
+from relightflow.captions.run import COLUMNS, CaptionStage
+from relightflow.config import section
 from relightflow.images import save_image
 from relightflow.manifest import read_json, read_table, write_table
+from relightflow.shards import ShardOutputs, gather, run_shard
 from relightflow.testing import Scene, render_scene
 
-CFG = {"provider": "measured", "prompt_version": "v1", "attributes": "complement", "max_chars": 200,
-       "template": "{light} from the {direction}, {temperature} tone", "batch_size": 2}  # fmt: skip
+CFG = section("captions", provider="measured", batch_size=2)
 TRUTH = [("left", "above", "warm"), ("right", "level", "cool"), ("front", "below", "neutral")]
 
 
@@ -43,8 +44,8 @@ def _write_shard(tmp_path: Path) -> tuple[Path, Path]:
 def _run(tmp_path: Path, cfg: dict, segments: bool = True) -> dict:
     selected, seg = _write_shard(tmp_path)
     out = tmp_path / "out"
-    stats = caption_shard(selected, seg if segments else None, "00007", out / "c.parquet", out / "r.parquet",
-                          out / "s.json", cfg, tmp_path / "cache")  # fmt: skip
+    stage = CaptionStage(selected, seg if segments else None, cfg, tmp_path / "cache")
+    stats = run_shard(stage, "00007", ShardOutputs(out / "c.parquet", out / "r.parquet", out / "s.json"))
     return {"stats": stats, "captions": read_table(out / "c.parquet"), "rejects": read_table(out / "r.parquet"),
             "stats_json": read_json(out / "s.json")}  # fmt: skip
 
@@ -85,9 +86,9 @@ def test_rerun_rewrites_identical_bytes(tmp_path: Path) -> None:
 def test_gather_sums_shards(tmp_path: Path) -> None:
     res = _run(tmp_path, CFG)
     out = tmp_path / "out"
-    summary = gather_captions([str(out / "s.json")] * 2, [str(out / "r.parquet")] * 2,
-                              str(tmp_path / "stats.json"), str(tmp_path / "rejects.parquet"))  # fmt: skip
-    assert summary["n_in"] == 2 * res["stats"].n_in and summary["cache_hits"] == 0
+    summary = gather([str(out / "s.json")] * 2, [str(out / "r.parquet")] * 2,
+                     str(tmp_path / "stats.json"), str(tmp_path / "rejects.parquet"))  # fmt: skip
+    assert summary["n_in"] == 2 * res["stats"].n_in and summary["counts"]["cache_hits"] == 0
     assert len(read_table(tmp_path / "rejects.parquet")) == 4
 
 

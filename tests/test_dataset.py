@@ -11,9 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from relightflow.dataset import export_split, fit_shorter_side, load_split, summarize, write_webdataset
+from relightflow.dataset import export_split, fit_shorter_side, load_split, write_webdataset
 from relightflow.images import load_rgb
 from relightflow.manifest import read_json, read_table, write_table
+from relightflow.shards import gather
 from relightflow.testing.tiny_sd import write_triplet_fixture
 
 
@@ -105,8 +106,9 @@ def test_webdataset_shards(upstream: dict, tmp_path: Path) -> None:
 def test_summary_merges_splits(upstream: dict, tmp_path: Path) -> None:
     for split in ("train", "val"):
         _export(upstream, tmp_path, split)
-    summary = summarize(
-        [tmp_path / "stats" / "train.json", tmp_path / "stats" / "val.json"], tmp_path / "all.json"
-    )
-    assert summary["total"]["n_in"] == 7 and summary["total"]["n_kept"] == 4
-    assert summary["total"]["reasons"] == {"no instruction": 2, "missing file": 1}
+    summary = gather(
+        [tmp_path / "stats" / f"{s}.json" for s in ("train", "val")],
+        [tmp_path / "rejects" / f"{s}.parquet" for s in ("train", "val")], tmp_path / "all.json", tmp_path / "r.parquet",
+    )  # fmt: skip
+    assert summary["n_in"] == 7 and summary["n_kept"] == 4 and set(summary["stages"]["dataset"]["shards"]) == {"train", "val"}
+    assert summary["reasons"] == {"no instruction": 2, "missing file": 1} and len(read_table(tmp_path / "r.parquet")) == 3

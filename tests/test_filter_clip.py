@@ -13,11 +13,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage import data  # noqa: E402
 
+from relightflow.config import section  # noqa: E402
 from relightflow.filter import clip  # noqa: E402
-from relightflow.filter.data import load_reduced  # noqa: E402
-from relightflow.filter.score import SCORE_COLUMNS, score_shard  # noqa: E402
-from relightflow.images import save_image  # noqa: E402
+from relightflow.filter.score import SCORE_COLUMNS, ScoreStage  # noqa: E402
+from relightflow.images import (
+    load_reduced,  # noqa: E402
+    save_image,  # noqa: E402
+)
 from relightflow.manifest import read_json, read_table, write_table  # noqa: E402
+from relightflow.shards import ShardOutputs, run_shard  # noqa: E402
 from relightflow.testing import tiny_clip  # noqa: E402
 
 torch.set_num_threads(1)
@@ -32,7 +36,7 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     config, checkpoint = tiny_clip.save_tiny_clip(tmp_path_factory.mktemp("tiny"))
-    return {"model": config, "pretrained": checkpoint, "prompts": PAIRS, "temperature": 100.0}
+    return section("filter", clip={"model": config, "pretrained": checkpoint, "prompts": PAIRS})["clip"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def _score(tmp_path, manifest, cfg, **extra):
         k: tmp_path / f"{k}.{ext}"
         for k, ext in (("scores", "parquet"), ("rejects", "parquet"), ("stats", "json"))
     }
-    score_shard(manifest, "00007", out["scores"], out["rejects"], out["stats"], "clip", {**cfg, **extra})
+    run_shard(ScoreStage(manifest, "clip", {**cfg, **extra}), "00007", ShardOutputs(out["scores"], out["rejects"], out["stats"]))
     return read_table(out["scores"]), read_table(out["rejects"]), read_json(out["stats"])
 
 
@@ -116,7 +120,7 @@ def test_embeddings_stored_when_asked(tmp_path, tiny, shard):
 def test_bf16_autocast_close_to_fp32(tmp_path, tiny, shard):
     fp32, _, _ = _score(tmp_path, shard[0], tiny, num_workers=0, precision="fp32")
     bf16, _, stats = _score(tmp_path, shard[0], tiny, num_workers=0, precision="bf16")
-    assert stats["extra"]["dtype"] == "torch.bfloat16"
+    assert stats["info"]["dtype"] == "torch.bfloat16"
     np.testing.assert_allclose(bf16["sim_pos_0"], fp32["sim_pos_0"], atol=0.03)
     assert clip.autocast_dtype("auto", torch.device("cpu")) is None
     assert clip.autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
@@ -140,7 +144,7 @@ def test_fast_preprocessing_matches_open_clip(tmp_path):
     import open_clip
 
     config, checkpoint = tiny_clip.save_tiny_clip(tmp_path / "m224", "tiny-224", image_size=224, patch_size=32)
-    cfg = {"model": config, "pretrained": checkpoint, "prompts": PAIRS}
+    cfg = section("filter", clip={"model": config, "pretrained": checkpoint, "prompts": PAIRS})["clip"]
     _, _, preprocess = open_clip.create_model_and_transforms(
         clip.register_model(config), pretrained=checkpoint
     )

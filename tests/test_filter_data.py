@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from relightflow import images
 from relightflow.filter import data as fdata
 from relightflow.images import ImageError, save_image
 from relightflow.manifest import write_table
@@ -24,11 +25,11 @@ def _big(size=(1024, 768)) -> np.ndarray:
 def test_jpeg_decoded_in_the_dct_domain(tmp_path):
     """The smallest DCT scale keeping both sides >= the requested side: 1/4 for 1024², 1/2 for 1024x768."""
     save_image(tmp_path / "sq.jpg", _big((1024, 1024)))
-    assert fdata.decode_reduced(tmp_path / "sq.jpg", 224).size == (256, 256)
+    assert images.decode(tmp_path / "sq.jpg", 224).size == (256, 256)
     save_image(tmp_path / "wide.jpg", _big())
-    assert fdata.decode_reduced(tmp_path / "wide.jpg", 224).size == (512, 384)
+    assert images.decode(tmp_path / "wide.jpg", 224).size == (512, 384)
     save_image(tmp_path / "a.png", _big())
-    assert fdata.load_reduced(tmp_path / "a.png", 224).shape == (256, 342, 3)  # PNG: decode, box-reduce 1/3
+    assert images.load_reduced(tmp_path / "a.png", 224).shape == (256, 342, 3)  # PNG: decode, box-reduce 1/3
 
 
 def test_exif_orientation_applied(tmp_path):
@@ -36,7 +37,7 @@ def test_exif_orientation_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
     img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
-    assert fdata.load_reduced(tmp_path / "rot.jpg", 64).shape[:2] == (200, 100)  # portrait, draft 1/2
+    assert images.load_reduced(tmp_path / "rot.jpg", 64).shape[:2] == (200, 100)  # portrait, draft 1/2
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
@@ -45,7 +46,7 @@ def test_every_mode_becomes_rgb8(tmp_path, mode):
     img = src.convert("I;16") if mode == "I;16" else src.convert(mode)
     path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
     img.save(path)
-    arr = fdata.load_reduced(path, 64)
+    arr = images.load_reduced(path, 64)
     assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
 
 
@@ -55,7 +56,7 @@ def test_corrupt_and_non_images_raise_image_error(tmp_path):
     (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:5000])
     for name in ("text.jpg", "cut.png", "absent.jpg"):
         with pytest.raises(ImageError):
-            fdata.load_reduced(tmp_path / name, 64)
+            images.load_reduced(tmp_path / name, 64)
 
 
 def test_resize_center_crop_geometry():

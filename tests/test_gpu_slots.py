@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import stat
 import subprocess
 import time
 
@@ -216,3 +217,23 @@ def test_local_profile_gives_each_gpu_job_its_own_device(tmp_path, monkeypatch):
     assert overlapping > 0 and len(by_device) > 1, "GPU jobs ran side by side on different devices"
     train = json.loads((tmp_path / "out/train.json").read_text())
     assert train["devices"] == ["0", "1", "2", "3"]  # gpu=8 capped by the profile at the machine's 4
+
+
+def test_lock_folder_must_be_private(tmp_path):
+    """Another user of a shared node must not be able to hand us a lock folder or plant a symlink."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="not a private folder"):
+        gs.try_acquire(1, 2, shared)
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n")
+    os.symlink(tmp_path / "private", tmp_path / "link")
+    with pytest.raises(PermissionError, match="not a private folder"):
+        gs.try_acquire(1, 2, tmp_path / "link")  # a symlinked folder is refused
+    private = gs.private_dir(tmp_path / "private")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    os.symlink(target, private / "gpu0.lock")  # a planted lock file is never followed
+    with pytest.raises(OSError):
+        gs.try_acquire(1, 1, private)
+    assert target.read_text() == "precious\n"

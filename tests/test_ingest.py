@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from broken_corpus import KEEP, make_corpus
 
-from relightflow import ingest
+from relightflow import config, ingest
 from relightflow.images import load_rgb, path_id
 from relightflow.manifest import read_table
 from relightflow.testing import render_scene
 
-CFG = {"id_from": "path", "min_side": 16, "max_pixels": 50_000_000, "verify": True}
+CFG = config.section("ingest", min_side=16)
 
 
 def _entries(*names: str) -> list[ingest.Entry]:
@@ -25,18 +25,18 @@ def _entries(*names: str) -> list[ingest.Entry]:
 
 
 def test_assignment_is_append_only() -> None:
-    first = ingest.assign_shards(_entries(*(f"img{i:03d}.jpg" for i in range(10))), shard_size=4)
+    first = ingest.assign_shards([f"img{i:03d}.jpg" for i in range(10)], shard_size=4)
     assert sorted(set(first.values())) == [0, 1, 2]
     # new names sort before, between and after the old ones: old ones never move
-    grown = _entries(*first, "aaa.jpg", "img0045.jpg", "zzz.jpg", "zzz2.jpg")
+    grown = [*first, "aaa.jpg", "img0045.jpg", "zzz.jpg", "zzz2.jpg"]
     second = ingest.assign_shards(grown, shard_size=4, previous=first)
     assert all(second[p] == s for p, s in first.items())
     assert [second[p] for p in ("aaa.jpg", "img0045.jpg", "zzz.jpg", "zzz2.jpg")] == [2, 2, 3, 3]
 
 
 def test_removed_images_leave_other_shards_alone() -> None:
-    first = ingest.assign_shards(_entries(*(f"{i}.jpg" for i in range(6))), shard_size=2)
-    second = ingest.assign_shards(_entries("0.jpg", "1.jpg", "4.jpg", "5.jpg"), shard_size=2, previous=first)
+    first = ingest.assign_shards([f"{i}.jpg" for i in range(6)], shard_size=2)
+    second = ingest.assign_shards(["0.jpg", "1.jpg", "4.jpg", "5.jpg"], shard_size=2, previous=first)
     assert second == {p: first[p] for p in second}
 
 
@@ -90,7 +90,7 @@ def test_exif_orientation_is_recorded_and_applied(tmp_path: Path, suffix: str) -
     exif[0x0112] = 6  # rotate 90° clockwise for display
     path = tmp_path / f"r.{suffix}"
     Image.fromarray(render_scene(size=64)[0][:, :40]).save(path, exif=exif.tobytes())
-    meta = ingest.probe_image(path, 10**8, 8)
+    meta = ingest.probe_image(path, min_side=8)
     assert (meta["width"], meta["height"], meta["exif_orientation"]) == (40, 64, 6)
     assert (meta["oriented_width"], meta["oriented_height"]) == (64, 40)
     assert load_rgb(path).shape == (40, 64, 3)
@@ -103,8 +103,9 @@ def _ingest_corpus(root: Path, out: Path, cfg: dict) -> None:
         "import json, sys; from relightflow import ingest;"
         "root, out, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]);"
         "shards = ingest.plan_shards(ingest.scan_folder(root), 100, out + '/state');"
-        "[ingest.ingest_shard(f'{out}/state/lists/{s}.jsonl', root, s, f'{out}/m{s}.parquet',"
-        " f'{out}/r{s}.parquet', f'{out}/s{s}.json', cfg) for s in shards]"
+        "from relightflow.shards import ShardOutputs, run_shard;"
+        "[run_shard(ingest.IngestStage(f'{out}/state/lists/{s}.jsonl', root, cfg), s,"
+        " ShardOutputs(f'{out}/m{s}.parquet', f'{out}/r{s}.parquet', f'{out}/s{s}.json')) for s in shards]"
     )
     cmd = [sys.executable, "-c", code, str(root), str(out), json.dumps(cfg)]
     if os.geteuid() == 0:

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from relightflow.config import section
+from relightflow.errors import EnvironmentFailure
 from relightflow.images import load_mask
 from relightflow.manifest import read_json, read_table, write_table
 from relightflow.pairs import run as pairs_run
-from relightflow.pairs.run import PAIR_COLUMNS, degrade_shard, gather_pairs, segment_shard
+from relightflow.pairs.run import PAIR_COLUMNS, DegradeStage, SegmentStage
+from relightflow.shards import ShardOutputs, gather, run_shard
 from relightflow.testing import Scene, render_scene
 
 cv2.setNumThreads(1)
@@ -23,13 +26,12 @@ CONTRACT_PAIRS = ["image_id", "variant", "input_path", "target_path", "mask_path
 
 
 def _cfg(**overrides):
-    cfg = {
-        "segmenter": "classical", "min_mask_fraction": 0.02, "feather_px": 2, "max_side": 160,
-        "albedo": "retinex", "retinex": {"scales": [15, 80, 250], "blend": 0.2, "foreground_only": True},
+    base = {
+        "segmenter": "classical", "feather_px": 2, "max_side": 160,
         "degradations": [{"kind": k, "weight": 1} for k in ("soft_shading", "cast_shadow", "color_cast", "low_key")],
-        "variants": 2, "background": "keep",
+        "variants": 2,
     }  # fmt: skip
-    return cfg | overrides
+    return section("pairs", base | overrides)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +66,15 @@ def shard(tmp_path_factory):
 
 def _segment(tmp, selected, cfg, cache):
     out = {k: tmp / k for k in ("segments.parquet", "masks", "rejects.parquet", "stats.json")}
-    stats = segment_shard(selected, "00000", *out.values(), cfg, cache)
+    outputs = ShardOutputs(out["segments.parquet"], out["rejects.parquet"], out["stats.json"])
+    stats = run_shard(SegmentStage(selected, cfg, cache, out["masks"]), "00000", outputs)
     return stats, out
 
 
 def _degrade(tmp, segments, cfg, seed=42, threads=2):
     out = {k: tmp / k for k in ("pairs.parquet", "images", "contact.png", "rejects.parquet", "stats.json")}
-    stats = degrade_shard(segments, "00000", *out.values(), cfg, seed, threads=threads)
+    stage = DegradeStage(segments, cfg, seed, out["images"], out["contact.png"], threads=threads)
+    stats = run_shard(stage, "00000", ShardOutputs(out["pairs.parquet"], out["rejects.parquet"], out["stats.json"]))
     return stats, out
 
 
@@ -120,7 +124,7 @@ def test_segment_cache_skips_the_model(shard, segmented, tmp_path, monkeypatch):
     assert a.drop(columns="mask_path").equals(b.drop(columns="mask_path"))
     # a different segmenter config is a different key: the model is needed again, and a model that cannot
     # load fails the job (a setup error) rather than rejecting every image
-    with pytest.raises(pairs_run.SegmenterUnavailable, match="cache should have answered"):
+    with pytest.raises(EnvironmentFailure, match="cache should have answered"):
         _segment(tmp_path / "other", selected, _cfg(classical={"iterations": 2}), cache)
 
 
@@ -159,15 +163,13 @@ def test_degrade_rejects_a_missing_mask_and_gathers(segmented, tmp_path):
     stats, out = _degrade(tmp_path / "d", broken, _cfg(variants=1, background="grey"))
     assert stats.n_kept == 6 and stats.n_rejected == 1
     assert read_table(out["rejects.parquet"]).reason[0].startswith("mask unreadable")
-    summary = gather_pairs(
-        [seg_out["stats.json"]], [out["stats.json"]], [seg_out["rejects.parquet"], out["rejects.parquet"]],
+    summary = gather(
+        [seg_out["stats.json"], out["stats.json"]], [seg_out["rejects.parquet"], out["rejects.parquet"]],
         tmp_path / "stats.json", tmp_path / "rejects.parquet",
     )  # fmt: skip
-    assert (
-        summary["pairs"] == 6
-        and summary["degrade"]["n_rejected"] == 1
-        and len(read_table(tmp_path / "rejects.parquet")) == 4
-    )
+    degrade = summary["stages"]["degrade"]
+    assert degrade["n_rows"] == 6 and degrade["n_rejected"] == 1 and sum(degrade["counts"]["kinds"].values()) == 6
+    assert summary["stages"]["segment"]["n_in"] == 10 and len(read_table(tmp_path / "rejects.parquet")) == 4
 
 
 def test_whole_frame_segmenter_end_to_end(shard, tmp_path):

@@ -1,17 +1,10 @@
-"""Adapter: rule caption -> relightflow.captions.run.caption_shard."""
+"""Adapter: rule caption -> relightflow.captions.run.CaptionStage on one shard."""
 
-from relightflow.captions.run import caption_shard
-from relightflow.gpu_slots import gpu_slots
+from relightflow.captions.run import CaptionStage
 from relightflow.logs import logged
+from relightflow.shards import run_rule
 
-with logged(snakemake.log[0]), gpu_slots(snakemake.resources.get("gpu", 0)):
-    caption_shard(
-        snakemake.input.selected,
-        snakemake.input.segments,
-        snakemake.wildcards.shard,
-        snakemake.output.captions,
-        snakemake.output.rejects,
-        snakemake.output.stats,
-        dict(snakemake.params.cfg),
-        snakemake.params.cache_dir,
-    )
+with logged(snakemake.log[0]):
+    stage = CaptionStage(snakemake.input.selected, snakemake.input.segments, snakemake.params.cfg,
+                         snakemake.params.cache_dir)  # fmt: skip
+    run_rule(snakemake, stage)

@@ -1,19 +1,11 @@
-"""Adapter: rule degrade -> relightflow.pairs.run.degrade_shard."""
+"""Adapter: rule degrade -> relightflow.pairs.run.DegradeStage on one shard."""
 
-from relightflow.gpu_slots import gpu_slots
 from relightflow.logs import logged
-from relightflow.pairs.run import degrade_shard
+from relightflow.pairs.run import DegradeStage
+from relightflow.shards import run_rule
 
-with logged(snakemake.log[0]), gpu_slots(snakemake.resources.get("gpu", 0)):
-    degrade_shard(
-        snakemake.input.segments,
-        snakemake.wildcards.shard,
-        snakemake.output.manifest,
-        snakemake.output.images,
-        snakemake.output.contact_sheet,
-        snakemake.output.rejects,
-        snakemake.output.stats,
-        snakemake.params.cfg,
-        snakemake.params.seed,
-        threads=snakemake.threads,
-    )
+with logged(snakemake.log[0]):
+    out = snakemake.output
+    stage = DegradeStage(snakemake.input.segments, snakemake.params.cfg, snakemake.params.seed, out.images,
+                         out.contact_sheet, threads=snakemake.threads)  # fmt: skip
+    run_rule(snakemake, stage)

@@ -1,15 +1,8 @@
-"""Adapter: rule ingest -> relightflow.ingest.ingest_shard."""
+"""Adapter: rule ingest -> relightflow.ingest.IngestStage on one shard."""
 
-from relightflow.ingest import ingest_shard
+from relightflow.ingest import IngestStage
 from relightflow.logs import logged
+from relightflow.shards import run_rule
 
 with logged(snakemake.log[0]):
-    ingest_shard(
-        snakemake.input.listing,
-        snakemake.params.root,
-        snakemake.wildcards.shard,
-        snakemake.output.manifest,
-        snakemake.output.rejects,
-        snakemake.output.stats,
-        snakemake.params.cfg,
-    )
+    run_rule(snakemake, IngestStage(snakemake.input.listing, snakemake.params.root, snakemake.params.cfg))

@@ -1,16 +1,8 @@
-"""Adapter: rule score_lighting -> relightflow.filter.score.score_shard (on its own GPU slot, if any)."""
+"""Adapter: rule score_lighting -> relightflow.filter.score.ScoreStage on one shard."""
 
-from relightflow.filter.score import score_shard
-from relightflow.gpu_slots import gpu_slots
+from relightflow.filter.score import ScoreStage
 from relightflow.logs import logged
+from relightflow.shards import run_rule
 
-with logged(snakemake.log[0]), gpu_slots(snakemake.resources.get("gpu", 0)):
-    score_shard(
-        snakemake.input.manifest,
-        snakemake.wildcards.shard,
-        snakemake.output.scores,
-        snakemake.output.rejects,
-        snakemake.output.stats,
-        snakemake.params.backend,
-        dict(snakemake.params.cfg),
-    )
+with logged(snakemake.log[0]):
+    run_rule(snakemake, ScoreStage(snakemake.input.manifest, snakemake.params.backend, snakemake.params.cfg))

@@ -57,6 +57,18 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from relightflow import config
+
+    text = config.render_yaml()
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+        print(f"wrote every setting with its default to {args.write}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from relightflow.testing.tiny_sd import save_tiny_pipeline
 
@@ -102,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-data", help="write the offline demo images")
     d.add_argument("root", help="folder to write them to")
     d.set_defaults(func=_demo_data)
+
+    c = sub.add_parser("config", help="print (or --write) every setting with its default and description")
+    c.add_argument("--write", metavar="PATH", help="write the rendered config.yaml to PATH")
+    c.set_defaults(func=_config)
 
     m = sub.add_parser("tiny-model", help="save a tiny random SD1.5/SDXL pipeline (tests, demo)")
     m.add_argument("output")

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from relightflow.images import ImageError, load_rgb
-from relightflow.manifest import Reject, StageStats, iter_batches, read_table, write_rejects
+from relightflow.manifest import Reject, iter_batches, read_table, write_rejects
+from relightflow.shards import Stats
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +299,10 @@ def export_split(
     rejects_path: str | os.PathLike,
     cfg: Mapping[str, Any] | None = None,
     webdataset_dir: str | os.PathLike | None = None,
-) -> StageStats:
+) -> Stats:
     """Write ``out_dir/data-*.parquet`` (and WebDataset tars) for ``split``; stats and rejects beside."""
     opts = ExportOptions.from_config(cfg or {})
-    out, stats, rejects = Path(out_dir), StageStats(STAGE, split), []
+    out, stats, rejects = Path(out_dir), Stats(STAGE, split), []
     tmp = _fresh_tmp(out)
     writer = RollingParquetWriter(tmp, features().arrow_schema, opts.rows_per_file, opts.row_group_size)
     wds = None
@@ -321,10 +322,11 @@ def export_split(
             wds.add(record)
         stats.n_kept += 1
     writer.close()
-    stats.extra = {"files": [p.name for p in writer.files], "resolution": opts.resolution}
+    stats.n_rows = stats.n_kept
+    stats.info = {"files": [p.name for p in writer.files], "resolution": opts.resolution}
     if wds:
         wds.close()
-        stats.extra["webdataset_files"] = [p.name for p in wds.files]
+        stats.info["webdataset_files"] = [p.name for p in wds.files]
         replace_dir(wds.out_dir, wds_target)
     replace_dir(tmp, out)
     write_rejects(rejects_path, rejects)
@@ -372,18 +374,3 @@ def write_webdataset(
     replace_dir(wds.out_dir, target)
     log.info("%s: %d rows in %d tar shards", split, n, len(wds.files))
     return n
-
-
-def summarize(stats_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> dict[str, Any]:
-    """Merge the per-split export stats into one JSON (rows in, kept, rejected, reasons per split)."""
-    from relightflow.manifest import read_json, write_json
-
-    splits = {Path(p).stem: read_json(p) for p in stats_paths}
-    total = {k: sum(s[k] for s in splits.values()) for k in ("n_in", "n_kept", "n_rejected")}
-    reasons: dict[str, int] = {}
-    for s in splits.values():
-        for reason, count in s["reasons"].items():
-            reasons[reason] = reasons.get(reason, 0) + count
-    summary = {"splits": splits, "total": {**total, "reasons": reasons}}
-    write_json(out_path, summary)
-    return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,36 +44,48 @@ def _as_rgb(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def materialize(
-    root: str | os.PathLike,
-    scene_size: int = 256,
-    photos: bool = True,
-    scenes: bool = True,
-    broken: bool = True,
-) -> list[Path]:
+def demo_files(
+    scene_size: int = 256, photos: bool = True, scenes: bool = True, broken: bool = True
+) -> dict[str, Callable[[Path], None]]:
+    """The demo's files: relative path -> function that writes it (nothing is written here)."""
+    files: dict[str, Callable[[Path], None]] = {}
+    if photos:
+        for name in SKIMAGE_PHOTOS:
+            files[f"photos/{name}.jpg"] = lambda p, n=name: save_image(p, _as_rgb(_skimage_photo(n)), quality=92)
+    if scenes:
+        for i, scene in enumerate(scene_grid(scene_size)):
+            rel = f"scenes/{i:02d}_{scene.horizontal}_{scene.vertical}_{scene.color_temperature}.png"
+            files[rel] = lambda p, s=scene: save_image(p, render_scene(s)[0])
+    if broken:
+        files["broken/truncated.jpg"] = _write_truncated_jpeg
+        files["broken/not_an_image.jpg"] = lambda p: p.write_text("this is a text file named .jpg\n")
+    return files
+
+
+def expected_files(**options) -> list[str]:
+    """Relative paths of the demo images that :func:`materialize` writes with ``options`` (sorted)."""
+    return sorted(demo_files(**options))
+
+
+def materialize(root: str | os.PathLike, **options) -> list[Path]:
     """Write the demo images under ``root``; return the paths written or already present."""
     root = Path(root)
     written: list[Path] = []
-
-    def put(rel: str, make) -> None:
+    for rel, make in demo_files(**options).items():
         path = root / rel
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             make(path)
         written.append(path)
-
-    if photos:
-        for name in SKIMAGE_PHOTOS:
-            put(f"photos/{name}.jpg", lambda p, n=name: save_image(p, _as_rgb(_skimage_photo(n)), quality=92))
-    if scenes:
-        for i, scene in enumerate(scene_grid(scene_size)):
-            rel = f"scenes/{i:02d}_{scene.horizontal}_{scene.vertical}_{scene.color_temperature}.png"
-            put(rel, lambda p, s=scene: save_image(p, render_scene(s)[0]))
-    if broken:
-        put("broken/truncated.jpg", _write_truncated_jpeg)
-        put("broken/not_an_image.jpg", lambda p: p.write_text("this is a text file named .jpg\n"))
     log.info("demo data: %d files under %s", len(written), root)
     return written
+
+
+def write_base_model(out_dir: str | os.PathLike) -> Path:
+    """The demo's base model: a tiny SD1.5-layout text-to-image pipeline, which training widens."""
+    from relightflow.testing.tiny_sd import save_tiny_pipeline
+
+    return save_tiny_pipeline(out_dir, kind="sd15", resolution=64, instruct=False)
 
 
 def _write_truncated_jpeg(path: Path) -> None:

@@ -12,16 +12,19 @@ or on a machine without GPUs, it does nothing. Call it before anything initialis
 Environment: ``RELIGHTFLOW_GPUS`` (GPU count; default ``torch.cuda.device_count()``; slots are devices
 ``0..N-1``, so ``RELIGHTFLOW_GPUS=4`` on a workstation uses its first four GPUs — don't export
 ``CUDA_VISIBLE_DEVICES`` for Snakemake itself, it would read as a scheduler's assignment),
-``RELIGHTFLOW_GPU_LOCK_DIR`` (default ``/tmp/relightflow-gpu-slots-$USER``).
+``RELIGHTFLOW_GPU_LOCK_DIR`` (default ``$XDG_RUNTIME_DIR/relightflow-gpu-slots``, else
+``/tmp/relightflow-gpu-slots-<uid>``). The folder must be private (this user's, mode 0700, not a symlink)
+and lock files are opened without following symlinks, so another user of a shared login node can neither
+watch nor redirect the locks to overwrite a file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +36,35 @@ SCHEDULER_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
 
 def default_lock_dir() -> Path:
-    """``$RELIGHTFLOW_GPU_LOCK_DIR`` or ``/tmp/relightflow-gpu-slots-$USER``."""
+    """``$RELIGHTFLOW_GPU_LOCK_DIR``, else a per-user folder (see the module docstring)."""
     env = os.environ.get("RELIGHTFLOW_GPU_LOCK_DIR")
-    return Path(env) if env else Path(f"/tmp/relightflow-gpu-slots-{getpass.getuser()}")
+    if env:
+        return Path(env)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "relightflow-gpu-slots"
+    return Path(f"/tmp/relightflow-gpu-slots-{os.getuid()}")
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) or check that it is a private folder of this user; PermissionError else."""
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(
+            f"GPU lock folder {path} is not a private folder of this user (a symlink, another owner, or "
+            f"open to others: uid {st.st_uid}, mode {stat.filemode(st.st_mode)}); remove it or set "
+            "RELIGHTFLOW_GPU_LOCK_DIR to a folder only you can write"
+        )
+    return path
+
+
+def _open_lock(path: Path) -> IO[str]:
+    """Open (create) a lock file without following a symlink planted in its place."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "a+", encoding="utf-8")
 
 
 def gpu_count() -> int:
@@ -68,7 +97,7 @@ def _lock_path(lock_dir: Path, slot: int) -> Path:
 
 def _try_lock(path: Path) -> IO[str] | None:
     """Open and flock ``path`` without blocking; the open file (holding the lock) or None if held."""
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - the handle outlives this function
+    handle = _open_lock(path)  # the handle outlives this function: it holds the lock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -98,8 +127,8 @@ def try_acquire(n: int, total: int, lock_dir: Path) -> dict[int, IO[str]] | None
     A directory-wide lock serialises attempts, so two multi-GPU jobs never each hold half of what the
     other needs (no hold-and-wait deadlock).
     """
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / "alloc.lock", "a+", encoding="utf-8") as guard:
+    private_dir(lock_dir)
+    with _open_lock(lock_dir / "alloc.lock") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         held: dict[int, IO[str]] = {}
         for slot in range(total):

@@ -1,28 +1,78 @@
-"""Image identity, seeding, safe decoding and saving.
+"""Image identity, seeding, the one way to open an image, and saving.
 
 All per-image functions of the package take and return numpy ``HxWx3 uint8`` RGB arrays (masks are
-``HxW bool``). Decoding applies the EXIF orientation, converts every mode (palette, CMYK, 16-bit,
-grayscale, RGBA) to 8-bit RGB, and refuses images above a pixel budget (decompression bombs).
+``HxW bool``). Every stage opens untrusted images through :func:`open_image` (and the decoders built on
+it, :func:`load_rgb`, :func:`load_reduced`): the path must be a regular file (a FIFO or device is
+rejected without being opened), Pillow may only use the allowed formats (``images.formats``; never
+PostScript/EPS/PDF, whose plugins run Ghostscript), and images above ``images.max_pixels`` are refused
+before decoding. Decoding applies the EXIF orientation and converts every mode (palette, CMYK, 16-bit,
+grayscale, RGBA) to 8-bit RGB. Whatever the *file* causes becomes :class:`ImageError` (a reject);
+environment failures (memory, I/O errors of the disk) pass through (see :mod:`relightflow.errors`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import stat
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from relightflow.errors import BadInput, describe, is_environment_failure
 from relightflow.manifest import atomic_path
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+NEVER_FORMATS = frozenset({"EPS", "PDF", "PS"})  # Ghostscript-backed: untrusted input would run code
 
 
-class ImageError(Exception):
+class ImageError(BadInput):
     """An image that cannot be used; the message is the recorded reject reason."""
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What :func:`open_image` accepts: Pillow format names and a pixel budget."""
+
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        formats = tuple(f.upper() for f in self.formats)
+        banned = NEVER_FORMATS.intersection(formats)
+        if banned:
+            raise ValueError(f"images.formats may not allow {sorted(banned)} (Ghostscript runs on them)")
+        Image.init()
+        unknown = [f for f in formats if f not in Image.OPEN]
+        if unknown:
+            raise ValueError(f"unknown image formats {unknown}; Pillow opens {sorted(Image.OPEN)}")
+        object.__setattr__(self, "formats", formats)
+
+
+_POLICY = ImagePolicy()
+Image.MAX_IMAGE_PIXELS = _POLICY.max_pixels
+
+
+def configure(formats: Sequence[str] | None = None, max_pixels: int | None = None) -> ImagePolicy:
+    """Set the process-wide :class:`ImagePolicy` (the ``images`` config section); return it."""
+    global _POLICY
+    _POLICY = ImagePolicy(tuple(formats or DEFAULT_FORMATS), int(max_pixels or DEFAULT_MAX_PIXELS))
+    Image.MAX_IMAGE_PIXELS = _POLICY.max_pixels  # Pillow's own bomb check agrees with ours
+    return _POLICY
+
+
+def policy() -> ImagePolicy:
+    """The current :class:`ImagePolicy`."""
+    return _POLICY
 
 
 def path_id(relpath: str) -> str:
@@ -37,15 +87,6 @@ def content_id(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Full SHA-256 of a file (cache keys for expensive per-image work)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def image_seed(seed: int, image_id: str, *extra: object) -> int:
@@ -80,58 +121,138 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image lazily after a size check; raise :class:`ImageError` with a reason otherwise."""
+def check_regular_file(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat`` of ``path``; :class:`ImageError` unless it is a regular file (FIFOs are never opened)."""
     try:
-        img = Image.open(path)
+        st = os.stat(path)
     except FileNotFoundError as e:
         raise ImageError("missing file") from e
     except PermissionError as e:
         raise ImageError("unreadable: permission denied") from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageError("not an image (unidentified format)") from e
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"too many pixels: {e}") from e
     except OSError as e:
-        raise ImageError(f"unreadable: {e.strerror or e}") from e
-    w, h = img.size
-    if w * h > max_pixels:
-        img.close()
-        raise ImageError(f"too many pixels: {w}x{h} > {max_pixels}")
-    return img
+        if is_environment_failure(e):
+            raise
+        raise ImageError("symlink loop" if e.errno == 40 else f"cannot stat: {e.strerror or e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("not a regular file")
+    return st
 
 
-def load_rgb(
-    path: str | os.PathLike,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int | None = None,
-) -> np.ndarray:
-    """Decode an image to ``HxWx3 uint8`` RGB with EXIF orientation applied.
+def _bad_file(error: Exception, prefix: str) -> ImageError:
+    """The reject of a file that made Pillow raise (environment failures are re-raised by the caller)."""
+    if isinstance(error, Image.UnidentifiedImageError):
+        return ImageError("not an image (format unknown or not allowed)")
+    if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageError(f"too many pixels: {error}")
+    if isinstance(error, PermissionError):
+        return ImageError("unreadable: permission denied")
+    return ImageError(f"{prefix}: {describe(error)}")
 
-    With ``max_side`` a JPEG is decoded at reduced scale in the DCT domain (PIL ``draft``), then
-    resized so its longer side is at most ``max_side``; far cheaper than a full decode.
-    """
-    img = open_image(path, max_pixels)
+
+Source = str | os.PathLike | bytes  # a file path, or encoded image bytes (a dataset cell)
+
+
+def open_image(
+    source: Source, max_pixels: int | None = None, formats: Sequence[str] | None = None
+) -> Image.Image:
+    """Open an image lazily (header only) under the :class:`ImagePolicy`; raise :class:`ImageError` with
+    the reason when it is not a usable image. ``source`` is a path (which must be a regular file) or the
+    encoded bytes; ``max_pixels``/``formats`` override the policy."""
+    limit = int(max_pixels or _POLICY.max_pixels)
+    if isinstance(source, bytes | bytearray):
+        if not source:
+            raise ImageError("missing image bytes")
+        fp = io.BytesIO(source)
+    else:
+        check_regular_file(source)
+        fp = source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if max_side and img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))
+            img = Image.open(fp, formats=list(formats or _POLICY.formats))
+    except Exception as e:  # any plugin error (ValueError, SyntaxError, struct.error ...) is the file's fault
+        if is_environment_failure(e):
+            raise
+        raise _bad_file(e, "unreadable") from e
+    w, h = img.size
+    if w * h > limit or w <= 0 or h <= 0:
+        img.close()
+        raise ImageError(f"too many pixels: {w}x{h} > {limit}" if w * h > limit else f"empty size: {w}x{h}")
+    return img
+
+
+def _oriented(img: Image.Image) -> Image.Image:
+    """The image turned upright by its EXIF orientation; malformed EXIF leaves it as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as e:
+        if is_environment_failure(e):
+            raise
+        log.debug("ignoring malformed EXIF orientation: %s", describe(e))
+        return img
+
+
+def decode(source: Source, draft_side: int | None = None) -> Image.Image:
+    """Decode an image upright; a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    both sides >= ``draft_side``. Raises :class:`ImageError` for anything the file causes."""
+    img = open_image(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if draft_side and img.format == "JPEG":
+                img.draft("RGB", (draft_side, draft_side))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if max_side and max(img.size) > max_side:
-                img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-            return to_rgb8(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"corrupt image: {e}") from e
+        return _oriented(img)
+    except Exception as e:
+        img.close()
+        if is_environment_failure(e):
+            raise
+        raise _bad_file(e, "corrupt image") from e
+
+
+def _to_rgb8_checked(img: Image.Image) -> np.ndarray:
+    try:
+        return to_rgb8(img)
+    except Exception as e:  # an exotic mode Pillow cannot convert
+        if is_environment_failure(e):
+            raise
+        raise ImageError(f"unsupported image mode {img.mode}: {describe(e)}") from e
+
+
+def load_rgb(source: Source, max_pixels: int | None = None, max_side: int | None = None) -> np.ndarray:
+    """Decode an image to ``HxWx3 uint8`` RGB, upright; with ``max_side`` a JPEG is decoded at reduced
+    scale in the DCT domain and the result shrunk so its longer side is at most ``max_side``."""
+    if max_pixels is not None and max_pixels != _POLICY.max_pixels:
+        open_image(source, max_pixels).close()  # a stricter budget than the policy's
+    img = decode(source, max_side)
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return _to_rgb8_checked(img)
+
+
+def load_reduced(path: str | os.PathLike, side: int) -> np.ndarray:
+    """``HxWx3 uint8`` RGB whose shorter side is in ``[side, 2 * side)`` (or smaller when the image is).
+
+    JPEG: DCT-domain scaling in the decoder. Other formats: a full decode, then an integer box reduction
+    (``Image.reduce``, ~5x cheaper than an area resize), so later steps work on a small array.
+    """
+    img = decode(path, side)
+    if img.mode != "RGB":
+        img = Image.fromarray(_to_rgb8_checked(img))
+    factor = min(img.size) // side
+    if factor >= 2:
+        img = img.reduce(factor)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_mask(path: str | os.PathLike, soft: bool = False) -> np.ndarray:
+    """A mask image as ``HxW bool`` (any pixel above 127), or with ``soft`` its grey levels (``uint8``)."""
+    img = decode(path)
+    try:
+        grey = np.asarray(img.convert("L"))
     finally:
         img.close()
-
-
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Load a mask PNG as ``HxW bool`` (any non-zero pixel is foreground)."""
-    with Image.open(path) as m:
-        return np.asarray(m.convert("L")) > 127
+    return grey if soft else grey > 127
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:

@@ -4,16 +4,23 @@ The listing runs when the workflow is parsed (so shard ids are known up front an
 grouped on a cluster). It is cached as an assignment table: an image keeps its shard forever; new
 images fill the last shard, then open new ones; so adding images never moves existing ones. Each
 shard's list file (path, size, mtime) is rewritten only when its content changes, which is what makes
-Snakemake rerun exactly the shards whose images changed.
+Snakemake rerun exactly the shards whose images changed. The shard state is written under a lock, each
+file atomically, and never deleted; a folder that cannot be listed stops the run instead of silently
+dropping its images from their shards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
+import posixpath
 import stat
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +28,10 @@ from typing import Any
 import pandas as pd
 from PIL import ExifTags, Image
 
+from relightflow.errors import BadInput, describe, is_environment_failure
 from relightflow.images import ImageError, content_id, open_image, path_id
-from relightflow.manifest import Reject, StageStats, write_json, write_rejects, write_table, write_text
+from relightflow.manifest import write_json, write_text
+from relightflow.shards import ShardStage
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +41,19 @@ MANIFEST_COLUMNS = [
     "oriented_width", "oriented_height",
 ]  # fmt: skip
 ORIENTATION_TAG = ExifTags.Base.Orientation
+LOCK_TIMEOUT_S = 120
 
 
-@dataclass(frozen=True)
+class UnreadableInput(OSError):
+    """A folder of the input cannot be listed: stop, rather than drop its images from their shards."""
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """One listed input file: its path relative to the root, size and mtime, or why it can't be read."""
+    """One listed input file: its path relative to the root, size and mtime, or why it can't be read.
+
+    ``size`` -1 means "not statted at planning time" (generated demo files): ingest stats it itself.
+    """
 
     relpath: str
     size: int = -1
@@ -57,61 +74,75 @@ def display_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _stat_entry(root: Path, relpath: str) -> Entry:
-    try:
-        st = os.stat(root / relpath)
-    except OSError as e:
-        reason = "symlink loop" if e.errno == 40 else f"cannot stat: {e.strerror}"
-        return Entry(relpath, error=reason)
+def _entry(relpath: str, st: os.stat_result) -> Entry:
     if not stat.S_ISREG(st.st_mode):
         return Entry(relpath, error="not a regular file")
     return Entry(relpath, st.st_size, st.st_mtime_ns)
+
+
+def _stat_entry(full: str, relpath: str) -> Entry:
+    try:
+        return _entry(relpath, os.stat(full))
+    except OSError as e:
+        if e.errno in (errno.EIO, errno.ESTALE, errno.ETIMEDOUT):
+            raise UnreadableInput(f"cannot stat {display_path(full)}: {e.strerror}") from e
+        reason = "symlink loop" if e.errno == errno.ELOOP else f"cannot stat: {e.strerror}"
+        return Entry(relpath, error=reason)
+
+
+def _suffix(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
 
 
 def scan_folder(root: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> list[Entry]:
     """Recursively list files under ``root`` whose suffix matches (case-insensitive).
 
     Symlinked files are kept once: a link to a file already listed under the root is skipped (no double
-    counting); directory symlinks are not followed (no loops); a broken or looping link is listed with
-    its error so ingest records it as a reject.
+    counting, compared by device and inode); directory symlinks are not followed (no loops); a broken or
+    looping link is listed with its error so ingest records it as a reject. A folder that cannot be
+    listed raises :class:`UnreadableInput`.
     """
-    root = Path(root)
-    if not root.is_dir():
+    root = os.fspath(root)
+    if not os.path.isdir(root):
         raise FileNotFoundError(f"input.root is not a folder: {root}")
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     entries: list[Entry] = []
-    seen_real: dict[str, str] = {}
+    seen: dict[tuple[int, int], str] = {}
     links: list[tuple[str, str]] = []
-    stack = [root]
+    stack = [("", root)]
     while stack:
-        folder = stack.pop()
+        prefix, folder = stack.pop()
         try:
             items = list(os.scandir(folder))
         except OSError as e:
-            log.warning("cannot list %s: %s", folder, e)
-            continue
+            raise UnreadableInput(
+                f"cannot list input folder {display_path(folder)}: {e.strerror or e}. Its images would leave "
+                "their shards; fix the access (or remove the folder) and run again."
+            ) from e
         for item in items:
+            rel = prefix + item.name
             if item.is_dir(follow_symlinks=False):
-                stack.append(Path(item.path))
-                continue
-            if os.path.splitext(item.name)[1].lower() not in exts:
-                continue
-            rel = os.path.relpath(item.path, root).replace(os.sep, "/")
-            if item.is_symlink():
-                links.append((rel, item.path))
-                continue
-            seen_real[os.path.realpath(item.path)] = rel
-            entries.append(_stat_entry(root, rel))
+                stack.append((rel + "/", item.path))
+            elif _suffix(item.name) in exts:
+                if item.is_symlink():
+                    links.append((rel, item.path))
+                    continue
+                st = item.stat(follow_symlinks=False)
+                seen[(st.st_dev, st.st_ino)] = rel
+                entries.append(_entry(rel, st))
     for rel, full in links:
-        real = os.path.realpath(full)
-        if real in seen_real:
-            log.info(
-                "skipping %s: a link to %s, already listed", display_path(rel), display_path(seen_real[real])
-            )
-            continue
-        seen_real[real] = rel
-        entries.append(_stat_entry(root, rel))
-    return sorted(entries, key=lambda e: e.relpath)
+        entry = _stat_entry(full, rel)
+        if not entry.error:
+            st = os.stat(full)
+            if (st.st_dev, st.st_ino) in seen:
+                log.info("skipping %s: a link to %s, already listed", display_path(rel),
+                         display_path(seen[(st.st_dev, st.st_ino)]))  # fmt: skip
+                continue
+            seen[(st.st_dev, st.st_ino)] = rel
+        entries.append(entry)
+    entries.sort(key=lambda e: e.relpath)
+    return entries
 
 
 def read_path_list(list_file: str | os.PathLike, column: str = "path") -> list[str]:
@@ -126,30 +157,27 @@ def read_path_list(list_file: str | os.PathLike, column: str = "path") -> list[s
         lines = p.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
     col = column if column in df.columns else df.columns[0]
-    return [str(v).strip() for v in df[col].tolist() if str(v).strip()]
+    return [v for v in (str(x).strip() for x in df[col].tolist()) if v]
 
 
 def scan_list(list_file: str | os.PathLike, root: str | os.PathLike, column: str = "path") -> list[Entry]:
     """List the files named in a list file, relative to ``root``; duplicates counted once."""
-    root = Path(root)
+    root = os.fspath(root)
     out: dict[str, Entry] = {}
     for raw in read_path_list(list_file, column):
-        full = Path(raw) if os.path.isabs(raw) else root / raw
-        try:
-            rel = os.path.relpath(full, root).replace(os.sep, "/")
-        except ValueError:
-            rel = raw
+        rel = os.path.relpath(raw, root) if os.path.isabs(raw) else raw
+        rel = posixpath.normpath(rel.replace(os.sep, "/"))
         if rel not in out:
-            out[rel] = _stat_entry(root, rel)
+            out[rel] = _stat_entry(os.path.join(root, rel), rel)
     return sorted(out.values(), key=lambda e: e.relpath)
 
 
 def assign_shards(
-    entries: Iterable[Entry], shard_size: int, previous: dict[str, int] | None = None
+    relpaths: Iterable[str], shard_size: int, previous: dict[str, int] | None = None
 ) -> dict[str, int]:
     """Stable, append-only shard assignment: known paths keep their shard, new ones fill the last."""
     previous = previous or {}
-    relpaths = [e.relpath for e in entries]
+    relpaths = list(relpaths)
     assignment = {p: previous[p] for p in relpaths if p in previous}
     counts: dict[int, int] = {}
     for s in assignment.values():
@@ -167,42 +195,83 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
+@contextlib.contextmanager
+def state_lock(state_dir: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive lock on the shard state (one writer at a time across processes)."""
+    os.makedirs(state_dir, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the shard state in {state_dir} stayed locked for {timeout_s:.0f} s") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_if_different(path: str, text: str) -> bool:
+    """Atomically write ``text`` unless the file already holds exactly it; True when written."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    write_text(path, text)
+    return True
+
+
 def plan_shards(entries: Sequence[Entry], shard_size: int, state_dir: str | os.PathLike) -> list[str]:
     """Assign ``entries`` to shards (reusing the cached assignment) and write one list file per shard.
 
-    Returns the sorted shard ids. List files are ``<state_dir>/lists/<shard>.jsonl``; they are rewritten
-    only when their content changes. The assignment cache is ``<state_dir>/assignment.json``.
+    Under :func:`state_lock`: list files ``<state_dir>/lists/<shard>.jsonl`` rewritten only when their
+    content changes, the assignment cache ``assignment.json`` and the shard ids ``shards.json``. Returns
+    the sorted shard ids.
     """
-    state = Path(state_dir)
-    cache = state / "assignment.json"
-    previous: dict[str, int] = {}
-    if cache.exists():
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        if data.get("shard_size") == shard_size:
-            previous = data["assignment"]
-        else:
-            log.warning(
-                "shards.size changed (%s -> %s): reassigning all shards", data.get("shard_size"), shard_size
-            )
-    assignment = assign_shards(entries, shard_size, previous)
-    by_shard: dict[str, list[Entry]] = {}
-    for e in entries:
-        by_shard.setdefault(shard_name(assignment[e.relpath]), []).append(e)
-    shards = sorted(by_shard)
-    for shard in shards:
-        text = "".join(e.to_json() + "\n" for e in by_shard[shard])
-        write_text(state / "lists" / f"{shard}.jsonl", text, only_if_changed=True)
-    lists = state / "lists"
-    for stale in lists.glob("*.jsonl"):
-        if stale.stem not in by_shard:
-            stale.unlink()
-    write_json(cache, {"shard_size": shard_size, "assignment": assignment}, only_if_changed=True)
+    state = os.fspath(state_dir)
+    with state_lock(state):
+        previous = _previous_assignment(os.path.join(state, "assignment.json"), shard_size)
+        assignment = assign_shards((e.relpath for e in entries), shard_size, previous)
+        by_shard: dict[str, list[str]] = {}
+        for e in entries:
+            by_shard.setdefault(shard_name(assignment[e.relpath]), []).append(e.to_json())
+        shards = sorted(by_shard)
+        written = sum(
+            _write_if_different(os.path.join(state, "lists", f"{shard}.jsonl"), "\n".join(lines) + "\n")
+            for shard, lines in by_shard.items()
+        )
+        write_json(os.path.join(state, "assignment.json"), {"shard_size": shard_size, "assignment": assignment},
+                   only_if_changed=True)  # fmt: skip
+        _write_if_different(os.path.join(state, "shards.json"), json.dumps(shards) + "\n")
+    log.info("%d images in %d shards (%d list files changed)", len(entries), len(shards), written)
     return shards
 
 
+def _previous_assignment(path: str, shard_size: int) -> dict[str, int]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    if data.get("shard_size") != shard_size:
+        log.warning("shards.size changed (%s -> %s): reassigning all shards", data.get("shard_size"), shard_size)
+        return {}
+    return data["assignment"]
+
+
 def cached_shards(state_dir: str | os.PathLike) -> list[str]:
-    """Shard ids from list files already written by :func:`plan_shards` (no rescan)."""
-    return sorted(p.stem for p in (Path(state_dir) / "lists").glob("*.jsonl"))
+    """Shard ids of the last plan written by :func:`plan_shards` (no rescan); [] when there is none."""
+    try:
+        with open(os.path.join(state_dir, "shards.json"), encoding="utf-8") as f:
+            return list(json.load(f))
+    except FileNotFoundError:
+        return []
 
 
 def read_shard_list(path: str | os.PathLike) -> list[Entry]:
@@ -226,37 +295,27 @@ def _exif_orientation(img: Image.Image) -> int:
         return 1
 
 
-def probe_image(
-    path: str | os.PathLike, max_pixels: int, min_side: int, verify: bool = True
-) -> dict[str, Any]:
+def probe_image(path: str | os.PathLike, min_side: int, verify: bool = True) -> dict[str, Any]:
     """Read an image's header and check it; raise :class:`ImageError` with a reason otherwise.
 
     With ``verify``, PIL's structural check runs on a fresh handle (it must come first), then a cheap
     decode (JPEG at 1/8 scale in the DCT domain, other formats fully) catches truncated data.
     """
     if verify:
-        img = open_image(path, max_pixels)
-        try:
+        with _as_reject("corrupt image"), open_image(path) as img:
             img.verify()
-        except Exception as e:
-            raise ImageError(f"corrupt image: {e}") from e
-        finally:
-            img.close()
-    img = open_image(path, max_pixels)
+    img = open_image(path)
     try:
-        w, h = img.size
-        fmt, mode = img.format or "", img.mode
-        orientation = _exif_orientation(img)
-        if min(w, h) < min_side:
-            raise ImageError(f"too small: {w}x{h} < {min_side} px")
-        if verify:
-            if fmt == "JPEG":
-                img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
-            img.load()
-    except ImageError:
-        raise
-    except Exception as e:
-        raise ImageError(f"corrupt image: {e}") from e
+        with _as_reject("corrupt image"):
+            w, h = img.size
+            fmt, mode = img.format or "", img.mode
+            orientation = _exif_orientation(img)
+            if min(w, h) < min_side:
+                raise ImageError(f"too small: {w}x{h} < {min_side} px")
+            if verify:
+                if fmt == "JPEG":
+                    img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
+                img.load()
     finally:
         img.close()
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -266,83 +325,62 @@ def probe_image(
     }  # fmt: skip
 
 
-def ingest_shard(
-    list_file: str | os.PathLike,
-    root: str | os.PathLike,
-    shard: str,
-    manifest_path: str | os.PathLike,
-    rejects_path: str | os.PathLike,
-    stats_path: str | os.PathLike,
-    cfg: dict[str, Any],
-) -> StageStats:
-    """Probe every listed image of one shard; write the manifest, rejects and stats."""
-    root = Path(root)
-    stats = StageStats("ingest", shard)
-    rows: list[dict[str, Any]] = []
-    rejects: list[Reject] = []
-    seen_ids: dict[str, str] = {}
-    for entry in read_shard_list(list_file):
-        stats.n_in += 1
-        shown = display_path(entry.relpath)
-        full = root / entry.relpath
-        reason = _precheck(entry, shown)
-        image_id = path_id(entry.relpath)
-        if not reason:
-            try:
-                if cfg.get("id_from", "path") == "content":
-                    image_id = content_id(full)
-                meta = probe_image(
-                    full, int(cfg["max_pixels"]), int(cfg["min_side"]), bool(cfg.get("verify", True))
-                )
-            except ImageError as e:
-                reason = str(e)
-            except OSError as e:
-                reason = f"unreadable: {e.strerror or e}"
-        if not reason and image_id in seen_ids:
-            reason = f"duplicate content of {seen_ids[image_id]}"
+@contextlib.contextmanager
+def _as_reject(prefix: str) -> Iterator[None]:
+    """Whatever the file makes Pillow raise becomes :class:`ImageError`; environment failures pass."""
+    try:
+        yield
+    except BadInput:
+        raise
+    except Exception as e:
+        if is_environment_failure(e):
+            raise
+        raise ImageError(f"{prefix}: {describe(e)}") from e
+
+
+class IngestStage(ShardStage):
+    """Probe every image of a shard's list file (header, size, decodability, EXIF orientation)."""
+
+    name = "ingest"
+    columns = MANIFEST_COLUMNS
+
+    def __init__(self, listing: str | os.PathLike, root: str | os.PathLike, cfg: dict[str, Any]):
+        super().__init__(listing)
+        self.root, self.cfg = Path(root), cfg
+        self.seen: dict[str, str] = {}  # image_id -> relpath, for content duplicates within the shard
+
+    def items(self) -> Iterator[list[Entry]]:
+        entries = read_shard_list(self.source)
+        for i in range(0, len(entries), self.batch_size):
+            yield entries[i : i + self.batch_size]
+
+    def identify(self, entry: Entry) -> tuple[str, str]:
+        return path_id(entry.relpath), str(self.root / display_path(entry.relpath))
+
+    def process(self, entry: Entry) -> dict[str, Any]:
+        reason = _precheck(entry)
         if reason:
-            rejects.append(
-                Reject(image_id, str(full) if shown == entry.relpath else str(root / shown), "ingest", reason)
-            )
-            stats.reject(reason)
-            continue
-        seen_ids[image_id] = entry.relpath
-        rows.append(
-            {"image_id": image_id, "path": str(full), "relpath": entry.relpath, "n_bytes": entry.size, **meta}
-        )
-        stats.n_kept += 1
-    write_table(manifest_path, rows, columns=MANIFEST_COLUMNS)
-    write_rejects(rejects_path, rejects)
-    stats.write(stats_path)
-    return stats
+            raise ImageError(reason)
+        full = self.root / entry.relpath
+        meta = probe_image(full, int(self.cfg["min_side"]), bool(self.cfg["verify"]))
+        image_id = path_id(entry.relpath)
+        if self.cfg["id_from"] == "content":
+            with _as_reject("unreadable"):
+                image_id = content_id(full)
+        if image_id in self.seen:
+            raise ImageError(f"duplicate content of {display_path(self.seen[image_id])}")
+        self.seen[image_id] = entry.relpath
+        size = entry.size if entry.size >= 0 else full.stat().st_size
+        return {"image_id": image_id, "path": str(full), "relpath": entry.relpath, "n_bytes": size, **meta}
 
 
-def _precheck(entry: Entry, shown: str) -> str:
+def _precheck(entry: Entry) -> str:
     if entry.error:
         return entry.error
-    if shown != entry.relpath:
+    if display_path(entry.relpath) != entry.relpath:
         return "file name is not valid UTF-8"
     if entry.size == 0:
         return "empty file (0 bytes)"
     return ""
 
 
-def gather_ingest(
-    stats_paths: Sequence[str | os.PathLike],
-    rejects_paths: Sequence[str | os.PathLike],
-    stats_out: str | os.PathLike,
-    rejects_out: str | os.PathLike,
-) -> dict[str, Any]:
-    """Merge per-shard rejects into one table and per-shard stats into one summary."""
-    from relightflow.manifest import read_json, read_tables
-
-    per_shard = [read_json(p) for p in stats_paths]
-    total = {k: sum(s[k] for s in per_shard) for k in ("n_in", "n_kept", "n_rejected")}
-    reasons: dict[str, int] = {}
-    for s in per_shard:
-        for r, n in s["reasons"].items():
-            reasons[r] = reasons.get(r, 0) + n
-    summary = {"stage": "ingest", **total, "reasons": reasons, "shards": {s["shard"]: s for s in per_shard}}
-    write_table(rejects_out, read_tables(rejects_paths), columns=["image_id", "path", "stage", "reason"])
-    write_json(stats_out, summary)
-    return summary

@@ -1,7 +1,7 @@
 """Per-shard Parquet manifests, rejects tables and stats files, all written atomically.
 
 Every stage writes one manifest per shard (one row per image or per (image, variant)), a rejects table
-(image_id, path, stage, reason) and a small stats JSON. Writes go to a temporary name in the same
+(image_id, path, stage, reason) and a small stats JSON (:class:`relightflow.shards.Stats`). Writes go to a temporary name in the same
 folder and are renamed into place, so a killed job never leaves a half-written file; a file whose new
 content is identical to what is on disk is not rewritten, so its mtime stays (Snakemake then sees
 nothing new).
@@ -10,12 +10,12 @@ nothing new).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,14 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def _temp_beside(target: Path, suffix: str) -> Path:
-    """A fresh temporary file next to ``target`` with normal file permissions (mkstemp gives 0600)."""
+    """A fresh temporary file next to ``target`` with normal file permissions (mkstemp gives 0600).
+
+    Temporaries that a killed writer of the same target left behind are removed first (a target has one
+    writer at a time: its job).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
     os.fchmod(fd, _FILE_MODE)
     os.close(fd)
@@ -162,39 +168,3 @@ def write_rejects(path: str | os.PathLike, rejects: Iterable[Reject | Mapping[st
     """Write a rejects table (image_id, path, stage, reason)."""
     rows = [asdict(r) if isinstance(r, Reject) else dict(r) for r in rejects]
     write_table(path, rows, columns=REJECT_COLUMNS)
-
-
-@dataclass
-class StageStats:
-    """In / kept / rejected counts of one stage on one shard, with reasons and wall time."""
-
-    stage: str
-    shard: str
-    n_in: int = 0
-    n_kept: int = 0
-    n_rejected: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-    _t0: float = field(default_factory=time.perf_counter, repr=False)
-
-    def reject(self, reason: str) -> None:
-        self.n_rejected += 1
-        key = reason.split(":", 1)[0]
-        self.reasons[key] = self.reasons.get(key, 0) + 1
-
-    def check(self) -> None:
-        """Raise if images went missing: every image in is kept or rejected."""
-        if self.n_in != self.n_kept + self.n_rejected:
-            raise AssertionError(
-                f"{self.stage}/{self.shard}: {self.n_in} in != {self.n_kept} kept + {self.n_rejected} rejected"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        self.seconds = round(time.perf_counter() - self._t0, 3)
-        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-        return d
-
-    def write(self, path: str | os.PathLike) -> None:
-        self.check()
-        write_json(path, self.to_dict())

@@ -1,12 +1,20 @@
 """Parse-time helpers for the Snakefile: input listing, shard planning, paths.
 
-``plan`` runs when Snakemake parses the workflow. On the submitting host it lists the input and
-updates the cached shard assignment; inside a cluster job (which parses the workflow again) it only
-reads the cached shard list, so 1,000 jobs don't each rescan 70k files.
+``plan`` runs when Snakemake parses the workflow and has no other side effect than the shard state:
+
+* inside a job that Snakemake spawned (cluster jobstep), it only reads the cached shard plan, so 1,000
+  jobs don't each rescan 70k files;
+* while another Snakemake run holds this working directory (a dry run, ``--report`` or ``--unlock``
+  next to a real run), it reads the cached plan too and changes nothing the running jobs read;
+* otherwise it lists the input and writes the plan under a lock, atomically (``ingest.plan_shards``).
+
+Demo images and the demo's base model are made by rules (``rules/demo.smk``), never while parsing: the
+demo's shard plan comes from the list of files its ``demo_data`` rule will write.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from pathlib import Path
@@ -17,20 +25,31 @@ from relightflow import ingest
 log = logging.getLogger(__name__)
 
 STATE_DIR = "results/ingest/state"
+SNAKEMAKE_LOCKS = ".snakemake/locks"
 
 
 def input_root(config: dict[str, Any]) -> str:
     """The folder image paths are relative to."""
     inp = config["input"]
-    if inp.get("list"):
-        return str(inp.get("list_root") or Path(inp["list"]).parent)
+    if inp["list"]:
+        return str(inp["list_root"] or Path(inp["list"]).parent)
     return str(inp["root"])
 
 
+def demo_generated(config: dict[str, Any]) -> bool:
+    """True when the input images are the demo's, written by the ``demo_data`` rule."""
+    return bool(config["demo"]["materialize"]) and not config["input"]["list"]
+
+
 def list_input(config: dict[str, Any]) -> list[ingest.Entry]:
+    """The input's entries: the demo's planned files, the list file's paths, or the folder's images."""
     inp = config["input"]
-    if inp.get("list"):
-        return ingest.scan_list(inp["list"], input_root(config), inp.get("list_column", "path"))
+    if demo_generated(config):
+        from relightflow.demo import expected_files
+
+        return [ingest.Entry(rel) for rel in expected_files(**config["demo"]["options"])]
+    if inp["list"]:
+        return ingest.scan_list(inp["list"], input_root(config), inp["list_column"])
     return ingest.scan_folder(inp["root"], inp["extensions"])
 
 
@@ -39,36 +58,24 @@ def is_remote_job(workflow: Any) -> bool:
     return bool(getattr(workflow, "remote_exec", False) or getattr(workflow, "subprocess_exec", False))
 
 
-def maybe_materialize_demo(config: dict[str, Any]) -> None:
-    """Create the demo images and the tiny base diffusion model when the demo config asks for them."""
-    demo = config.get("demo") or {}
-    if demo.get("materialize") and not config["input"].get("list"):
-        from relightflow.demo import materialize
-
-        materialize(config["input"]["root"], **(demo.get("options") or {}))
-    base = demo.get("base_model")
-    if base and not (Path(base) / "model_index.json").exists():
-        from relightflow.testing.tiny_sd import save_tiny_pipeline
-
-        save_tiny_pipeline(
-            base, kind="sd15", resolution=int(demo.get("base_model_resolution", 64)), instruct=False
-        )
+def another_run_holds(workdir: str | os.PathLike = ".") -> bool:
+    """True while another Snakemake run has this working directory locked (its lock files exist)."""
+    return any(os.path.getsize(p) for p in glob.glob(os.path.join(workdir, SNAKEMAKE_LOCKS, "*.lock")))
 
 
 def plan(config: dict[str, Any], remote: bool = False, state_dir: str = STATE_DIR) -> list[str]:
-    """Shard ids for this run (listing the input and writing per-shard list files unless ``remote``)."""
-    if remote:
+    """Shard ids for this run (see the module docstring)."""
+    if remote or another_run_holds():
         shards = ingest.cached_shards(state_dir)
         if shards:
+            if not remote:
+                log.warning("another Snakemake run holds this directory: using its shard plan unchanged")
             return shards
-    maybe_materialize_demo(config)
     entries = list_input(config)
     if not entries:
-        src = config["input"].get("list") or config["input"]["root"]
+        src = config["input"]["list"] or config["input"]["root"]
         raise ValueError(f"no input images found in {src} (extensions {config['input']['extensions']})")
-    shards = ingest.plan_shards(entries, int(config["shards"]["size"]), state_dir)
-    log.info("%d images in %d shards", len(entries), len(shards))
-    return shards
+    return ingest.plan_shards(entries, int(config["shards"]["size"]), state_dir)
 
 
 def shard_list_path(shard: str, state_dir: str = STATE_DIR) -> str:
@@ -76,7 +83,5 @@ def shard_list_path(shard: str, state_dir: str = STATE_DIR) -> str:
 
 
 def enabled_stages(config: dict[str, Any]) -> list[str]:
-    """Stages that ``rule all`` builds (config ``stages``; default: all)."""
-    return list(
-        config.get("stages") or ["ingest", "filter", "pairs", "captions", "dataset", "train", "evaluate"]
-    )
+    """Stages that ``rule all`` builds (config ``stages``)."""
+    return list(config["stages"])

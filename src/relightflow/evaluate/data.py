@@ -7,18 +7,15 @@ prediction files and seeds its randomness.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from relightflow.dataset import data_files
-from relightflow.images import ImageError, to_rgb8
+from relightflow.images import ImageError, load_rgb
 from relightflow.manifest import iter_batches
 
 INPUT, PROMPT, TARGET = "input_image", "edit_prompt", "edited_image"
@@ -32,21 +29,13 @@ def split_files(split_dir: str | os.PathLike) -> list[str]:
     return files
 
 
-def decode_image(value: Any, max_pixels: int = 50_000_000) -> np.ndarray:
-    """``HxWx3 uint8`` RGB from a ``datasets.Image`` cell; raise :class:`ImageError` with a reason."""
+def decode_image(value: Any) -> np.ndarray:
+    """``HxWx3 uint8`` RGB from a ``datasets.Image`` cell (bytes or a path), through the one image opener;
+    raise :class:`ImageError` with a reason."""
     data = value.get("bytes") if isinstance(value, dict) else value
     if data is None and isinstance(value, dict) and value.get("path"):
-        data = Path(value["path"]).read_bytes() if Path(value["path"]).is_file() else None
-    if not data:
-        raise ImageError("missing image bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageError(f"too many pixels: {img.width}x{img.height}")
-            img.load()
-            return to_rgb8(img)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"corrupt image: {e}") from e
+        return load_rgb(value["path"])
+    return load_rgb(bytes(data or b""))
 
 
 @dataclass

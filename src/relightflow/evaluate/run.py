@@ -26,7 +26,8 @@ from relightflow.evaluate.metrics import image_metrics, load_lpips
 from relightflow.evaluate.relighter import Relighter, load_relighter, pick_device, resize_to, to_uint8
 from relightflow.evaluate.summary import plot_summary, summarize, write_html
 from relightflow.images import save_image
-from relightflow.manifest import Reject, StageStats, write_json, write_rejects, write_table
+from relightflow.manifest import Reject, write_json, write_rejects, write_table
+from relightflow.shards import Stats
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,8 @@ def relight_all(relighter: Relighter, triplets: list[Triplet]) -> dict[str, np.n
         groups[t.input.shape].append(t)
     results: dict[str, np.ndarray | str] = {}
     for group in groups.values():
-        try:
-            outs = relighter([t.input for t in group], [t.instruction for t in group], [t.key for t in group])
-        except (RuntimeError, ValueError) as e:
-            log.exception("%s failed on %s", relighter.name, [t.key for t in group])
-            results.update({t.key: f"relight failed ({relighter.name}): {e}" for t in group})
-            continue
+        # a model that fails (out of memory, device error) fails the job: never a silent reject
+        outs = relighter([t.input for t in group], [t.instruction for t in group], [t.key for t in group])
         for t, out in zip(group, outs, strict=True):
             try:
                 results[t.key] = to_uint8(out)
@@ -95,7 +92,7 @@ class Evaluation:
         )
         return row
 
-    def add_batch(self, triplets: list[Triplet], stats: StageStats) -> None:
+    def add_batch(self, triplets: list[Triplet], stats: Stats) -> None:
         """Relight, save and score a batch of triplets."""
         outputs: dict[str, dict[str, np.ndarray | str]] = {}
         for relighter in self.systems:
@@ -134,13 +131,13 @@ class Evaluation:
             self.grid_rows.append([t.input, *predictions.values(), t.target])
             self.grid_captions.append(f"{t.key} [{t.meta.get('degradation', '?')}]: {t.instruction}")
 
-    def _reject(self, meta: dict[str, Any], reason: str, stats: StageStats) -> None:
+    def _reject(self, meta: dict[str, Any], reason: str, stats: Stats) -> None:
         self.rejects.append(Reject(str(meta.get("image_id", meta.get("key", ""))), str(meta.get("path", "")),
                                    STAGE, reason))  # fmt: skip
         stats.reject(reason)
         log.warning("rejected %s: %s", meta.get("key"), reason)
 
-    def run(self, dataset_dir: str | os.PathLike, stats: StageStats) -> None:
+    def run(self, dataset_dir: str | os.PathLike, stats: Stats) -> None:
         batch_size = int(self.cfg.get("batch_size", 4))
         for batch in iter_triplets(dataset_dir, batch_size, self.cfg.get("num_images")):
             stats.n_in += len(batch)
@@ -152,7 +149,7 @@ class Evaluation:
                 self.add_batch(good, stats)
             log.info("%d triplets scored, %d rejected", stats.n_kept, stats.n_rejected)
 
-    def write(self, stats: StageStats, extra: dict[str, Any]) -> dict[str, Any]:
+    def write(self, stats: Stats, extra: dict[str, Any]) -> dict[str, Any]:
         names = [s.name for s in self.systems] + [IDENTITY, TARGET]
         table = pd.DataFrame(self.rows)
         write_table(self.out["table"], table, columns=["key", "system"])
@@ -196,7 +193,7 @@ def evaluate_split(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike,
     device = pick_device(device or cfg.get("device"))
     Path(out["predictions"]).mkdir(parents=True, exist_ok=True)
     evaluation = Evaluation(load_systems(model_dir, cfg, seed, device), cfg, out, device)
-    stats = StageStats(STAGE, Path(dataset_dir).name)
+    stats = Stats(STAGE, Path(dataset_dir).name)
     evaluation.run(dataset_dir, stats)
     params = {
         k: cfg.get(k) for k in ("num_inference_steps", "guidance_scale", "image_guidance_scale", "resolution")

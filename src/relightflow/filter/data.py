@@ -4,14 +4,14 @@ Decoding, not the model, is the bottleneck: a 1024² JPEG decoded in the DCT dom
 ``draft``) costs ~2 ms instead of ~12 ms for a full decode and resize. Each worker reads whole record
 batches of the manifest (``iter_batches``) and returns one ready batch: the image ids travel with the
 pixels, and an image that fails to decode is flagged in its batch (with the reason) instead of being
-dropped, so scores can never shift onto the wrong image.
+dropped, so scores can never shift onto the wrong image. Images are opened the one way
+(:func:`relightflow.images.load_reduced`); only what the file causes is flagged, anything else fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,51 +20,20 @@ import cv2
 import numpy as np
 import scipy.fft
 import torch.utils.data
-from PIL import Image, ImageOps
+from PIL import Image
 
-from relightflow.images import ImageError, open_image, to_rgb8
+from relightflow.errors import BadInput
+from relightflow.images import load_reduced
 from relightflow.manifest import iter_batches
+from relightflow.shards import item_context
 
 ROW_COLUMNS = ("image_id", "path", "width", "height")
 Prepare = Callable[[np.ndarray], np.ndarray]
 
 
-def decode_reduced(path: str | os.PathLike, min_side: int) -> Image.Image:
-    """Decode an image to RGB with EXIF orientation, its shorter side reduced towards ``min_side``.
-
-    JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= ``min_side``;
-    other formats are decoded fully. Raises :class:`ImageError` with the reject reason.
-    """
-    img = open_image(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if img.format == "JPEG":
-                img.draft("RGB", (min_side, min_side))
-            img.load()
-        oriented = ImageOps.exif_transpose(img)
-        return oriented if oriented.mode == "RGB" else Image.fromarray(to_rgb8(oriented))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        img.close()
-        raise ImageError(f"corrupt image: {e}") from e
-
-
 def shortest_side_size(w: int, h: int, side: int) -> tuple[int, int]:
     """``(width, height)`` with the shorter side scaled to ``side`` (as torchvision's ``Resize(int)``)."""
     return (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
-
-
-def load_reduced(path: str | os.PathLike, side: int) -> np.ndarray:
-    """``HxWx3 uint8`` RGB whose shorter side is in ``[side, 2 * side)`` (or smaller when the image is).
-
-    JPEG: DCT-domain scaling in the decoder. Other formats: a full decode, then an integer box reduction
-    (``Image.reduce``, ~5x cheaper than an area resize), so the rest of the path works on a small array.
-    """
-    img = decode_reduced(path, side)
-    factor = min(img.size) // side
-    if factor >= 2:
-        img = img.reduce(factor)
-    return np.asarray(img, dtype=np.uint8)
 
 
 def resize_center_crop(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
@@ -123,15 +92,15 @@ def prepare_batch(
     ok = np.zeros(n, dtype=bool)
     errors, hashes, arrays = [""] * n, [""] * n, []
     for i, path in enumerate(rows["path"]):
-        try:
-            img = load_reduced(path, decode_side)
+        with item_context("filter", rows["image_id"][i], path):
+            try:
+                img = load_reduced(path, decode_side)
+            except BadInput as e:  # what the file caused; environment failures and bugs fail the job
+                errors[i] = str(e)
+                continue
             arrays.append(prepare(img))
             hashes[i] = phash(img)
             ok[i] = True
-        except ImageError as e:
-            errors[i] = str(e)
-        except Exception as e:  # a broken image must become a reject row, never kill the shard
-            errors[i] = f"cannot prepare image: {type(e).__name__}: {e}"
     data = np.stack(arrays) if arrays else np.zeros((0, *shape), dtype=np.float32)
     return Batch(rows, ok, errors, torch.from_numpy(data), hashes)
 

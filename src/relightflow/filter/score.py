@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,8 @@ import pandas as pd
 
 from relightflow.filter import stats as lighting_stats
 from relightflow.filter.data import Batch, iter_prepared
-from relightflow.images import resize_max_side
-from relightflow.manifest import Reject, StageStats, write_rejects, write_table
+from relightflow.images import ImageError, resize_max_side
+from relightflow.shards import Outcome, ShardStage, Stats
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ STATS_VERSION = "stats-v1"
 
 def stats_features(img: np.ndarray, max_side: int) -> np.ndarray:
     """The ``STAT_NAMES`` statistics of a decoded image, as a float vector (runs in a decode worker)."""
+    if min(img.shape[:2]) < 3:
+        raise ImageError(f"too small to measure: {img.shape[1]}x{img.shape[0]}")
     measured = lighting_stats.measure(resize_max_side(img, max_side))
     return np.array([measured[k] for k in lighting_stats.STAT_NAMES], dtype=np.float64)
 
@@ -49,14 +52,13 @@ class StatsScorer:
     name = "stats"
     model_name = STATS_VERSION
     columns = list(lighting_stats.STAT_NAMES)
+    pin_memory = False
 
     def __init__(self, cfg: dict[str, Any]):
-        self.max_side = int(cfg.get("max_side", lighting_stats.ANALYSIS_SIDE))
+        self.max_side = int(cfg["max_side"])
         self.decode_side = self.max_side
         self.shape = (len(lighting_stats.STAT_NAMES),)
         self.prepare = functools.partial(stats_features, max_side=self.max_side)
-
-    pin_memory = False
 
     def score(self, data) -> dict[str, Any]:
         data = np.asarray(data)
@@ -67,83 +69,80 @@ class StatsScorer:
         return {"model": STATS_VERSION, "max_side": self.max_side}
 
 
+BACKENDS = ("clip", "stats")
+
+
 def make_scorer(backend: str, cfg: dict[str, Any]):
-    """The scorer registered under ``backend`` (``clip`` | ``stats``), built from its config section."""
+    """The scorer registered under ``backend`` (:data:`BACKENDS`), built from its config section."""
     if backend == "stats":
         return StatsScorer(cfg)
     if backend == "clip":
         from relightflow.filter.clip import ClipScorer
 
         return ClipScorer(cfg)
-    raise ValueError(f"unknown filter.backend {backend!r} (expected 'clip' or 'stats')")
+    raise ValueError(f"unknown filter.backend {backend!r} (expected one of {BACKENDS})")
 
 
-def _kept_frame(batch: Batch, scorer, shard: str) -> pd.DataFrame:
+class ScoreStage(ShardStage):
+    """Score every image of a shard's ingest manifest with the configured backend.
+
+    The manifest streams through DataLoader workers that decode at reduced size (:mod:`.data`); each
+    batch arrives with the images that failed to decode flagged, and the scorer runs once per batch.
+    """
+
+    name = "filter"
+
+    def __init__(self, manifest: str | os.PathLike, backend: str, cfg: dict[str, Any], scorer=None):
+        super().__init__(manifest, cfg["batch_size"])
+        self.backend, self.cfg, self.scorer = backend, cfg, scorer
+        self.t0 = time.perf_counter()
+
+    def open(self) -> None:
+        self.scorer = self.scorer or make_scorer(self.backend, self.cfg)
+        self.columns = SCORE_COLUMNS + list(self.scorer.columns)
+        self.t0 = time.perf_counter()
+
+    def items(self) -> Iterator[Batch]:
+        s = self.scorer
+        yield from iter_prepared(
+            self.source, s.prepare, s.decode_side, s.shape, self.batch_size, int(self.cfg["num_workers"]),
+            s.pin_memory,
+        )  # fmt: skip
+
+    def process_batch(self, batch: Batch) -> list[Outcome]:
+        ids, paths = batch.rows["image_id"], batch.rows["path"]
+        scored = _kept_frame(batch, self.scorer).to_dict("records") if batch.ok.any() else []
+        rows = iter(scored)
+        return [
+            Outcome(str(ids[i]), str(paths[i]), rows=[next(rows)]) if batch.ok[i]
+            else Outcome(str(ids[i]), str(paths[i]), reject=batch.errors[i])
+            for i in range(len(batch))
+        ]  # fmt: skip
+
+    def table(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return frame
+        return frame.sort_values("row").drop(columns=["row"]).assign(shard=self.shard)
+
+    def finish(self, stats: Stats, rows: list[dict[str, Any]]) -> None:
+        seconds = time.perf_counter() - self.t0
+        stats.info["images_per_s"] = round(stats.n_in / max(seconds, 1e-9), 2)
+        if rows:
+            stats.info["score_quantiles"] = _quantiles(pd.Series([r["lighting_score"] for r in rows]))
+
+    def info(self) -> dict[str, Any]:
+        return {**self.scorer.info(), "backend": self.scorer.name}
+
+
+def _kept_frame(batch: Batch, scorer) -> pd.DataFrame:
     kept = np.flatnonzero(batch.ok)
     frame = pd.DataFrame({k: [v[i] for i in kept] for k, v in batch.rows.items()})
     for col, values in scorer.score(batch.data).items():
         frame[col] = list(values) if col == "embedding" else values
     frame["phash"] = [batch.phashes[i] for i in kept]
-    frame["shard"], frame["backend"], frame["model"] = shard, scorer.name, scorer.model_name
+    frame["backend"], frame["model"] = scorer.name, scorer.model_name
     return frame
-
-
-def _batch_rejects(batch: Batch) -> list[Reject]:
-    return [
-        Reject(batch.rows["image_id"][i], batch.rows["path"][i], "filter", batch.errors[i])
-        for i in np.flatnonzero(~batch.ok)
-    ]
-
-
-def score_shard(
-    manifest: str | os.PathLike,
-    shard: str,
-    scores_path: str | os.PathLike,
-    rejects_path: str | os.PathLike,
-    stats_path: str | os.PathLike,
-    backend: str,
-    cfg: dict[str, Any],
-    scorer=None,
-) -> StageStats:
-    """Score every image of a shard manifest; write scores, rejects (undecodable images) and stats."""
-    scorer = scorer or make_scorer(backend, cfg)
-    stage = StageStats("filter", shard)
-    frames, rejects = [], []
-    t0 = time.perf_counter()
-    batches = iter_prepared(
-        manifest, scorer.prepare, scorer.decode_side, scorer.shape,
-        int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 2)), scorer.pin_memory,
-    )  # fmt: skip
-    for batch in batches:
-        stage.n_in += len(batch)
-        if batch.ok.any():
-            frames.append(_kept_frame(batch, scorer, shard))
-        stage.n_kept += int(batch.ok.sum())
-        for reject in _batch_rejects(batch):
-            rejects.append(reject)
-            stage.reject(reject.reason)
-    seconds = time.perf_counter() - t0
-    table = pd.concat(frames, ignore_index=True).sort_values("row") if frames else pd.DataFrame()
-    write_table(
-        scores_path, table.drop(columns=["row"], errors="ignore"), columns=SCORE_COLUMNS + scorer.columns
-    )
-    write_rejects(rejects_path, rejects)
-    stage.extra = {
-        **scorer.info(),
-        "backend": scorer.name,
-        "images_per_s": round(stage.n_in / max(seconds, 1e-9), 2),
-    }
-    if stage.n_kept:
-        stage.extra["score_quantiles"] = _quantiles(table["lighting_score"])
-    stage.write(stats_path)
-    log.info(
-        "shard %s: %d scored, %d rejected, %.1f images/s",
-        shard,
-        stage.n_kept,
-        stage.n_rejected,
-        stage.extra["images_per_s"],
-    )
-    return stage
 
 
 def _quantiles(scores: pd.Series) -> dict[str, float]:

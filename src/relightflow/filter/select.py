@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from relightflow.images import image_rng
-from relightflow.manifest import StageStats, read_tables, write_json, write_table
+from relightflow.manifest import read_tables, write_json, write_table
+from relightflow.shards import Stats
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def select_images(
 
 
 def _summary(scores, selected, unselected, cfg, seed) -> dict[str, Any]:
-    stage = StageStats("select", "all", n_in=len(scores), n_kept=len(selected))
+    stage = Stats("select", "all", n_in=len(scores), n_kept=len(selected))
     for reason in unselected.get("reason", []):
         stage.reject(reason)
     stage.check()

@@ -7,7 +7,6 @@ at the training resolution. Augmentations (random crop, flip) are therefore off 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 
 from relightflow.dataset import RollingParquetWriter, _fresh_tmp, data_files, replace_dir
 from relightflow.devices import pick_device
+from relightflow.images import load_rgb
 from relightflow.train.data import PairTransform
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_vae(pretrained: str, vae: str | None, device: str):
 
 
 def _decode(cell: dict) -> Image.Image:
-    return Image.open(io.BytesIO(cell["bytes"]))
+    return Image.fromarray(load_rgb(cell["bytes"]))
 
 
 def _encode_batch(vae, rows: list[dict], transform: PairTransform) -> list[dict]:

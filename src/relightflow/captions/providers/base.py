@@ -35,6 +35,7 @@ class CaptionResult:
     raw: str = ""
     error: str = ""
     attempts: int = 0
+    request_failed: bool = False  # no valid HTTP answer after the retries (the service's fault, not the image's)
 
     @property
     def ok(self) -> bool:

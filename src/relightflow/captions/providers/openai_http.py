@@ -168,6 +168,7 @@ class OpenAICaptioner:
                     result.description = parse_description(result.raw)
         except (RetryableError, InvalidResponse, RequestRejected) as e:
             result.description, result.error = None, _reason(e)
+            result.request_failed = not isinstance(e, InvalidResponse)
             self.counters.add("failures")
         return result
 
