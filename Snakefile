@@ -35,5 +35,6 @@ localrules:
 
 rule all:
     input:
-        all_targets,
+        fixed=fixed_targets,
+        per_shard=per_shard_targets,  # a separate input: pending until the `select` checkpoint has run
     default_target: True

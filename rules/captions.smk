@@ -42,8 +42,8 @@ rule caption:
 
 rule caption_summary:
     input:
-        stats=expand(f"{RESULTS}/captions/stats/{{shard}}.json", shard=SHARDS),
-        rejects=expand(f"{RESULTS}/captions/rejects/{{shard}}.parquet", shard=SHARDS),
+        stats=after_select(f"{RESULTS}/captions/stats/{{shard}}.json"),
+        rejects=after_select(f"{RESULTS}/captions/rejects/{{shard}}.parquet"),
     output:
         stats=report(f"{RESULTS}/captions/stats.json", category="4. Captions", caption="../report/captions.rst"),
         rejects=f"{RESULTS}/captions/rejects.parquet",
@@ -61,7 +61,7 @@ rule caption_summary:
 
 
 TARGETS["captions"] = [
-    *expand(f"{RESULTS}/captions/{{shard}}.parquet", shard=SHARDS),
+    after_select(f"{RESULTS}/captions/{{shard}}.parquet"),
     f"{RESULTS}/captions/stats.json",
     f"{RESULTS}/captions/rejects.parquet",
 ]

@@ -22,7 +22,31 @@ TARGETS = {}
 
 
 def all_targets(wildcards):
-    return [t for stage in STAGES for t in TARGETS.get(stage, [])]
+    """What `rule all` builds: the targets of the enabled stages (callables are evaluated)."""
+    return fixed_targets(wildcards) + per_shard_targets(wildcards)
+
+
+def fixed_targets(wildcards):
+    """The enabled stages' targets known before the `select` checkpoint runs."""
+    return [t for stage in STAGES for t in TARGETS.get(stage, []) if not callable(t)]
+
+
+def per_shard_targets(wildcards):
+    """The enabled stages' per-shard targets downstream of the `select` checkpoint (see after_select)."""
+    return [f for stage in STAGES for t in TARGETS.get(stage, []) if callable(t) for f in t(wildcards)]
+
+
+def after_select(*patterns, **more):
+    """Input function: ``patterns`` expanded over every shard, asked for only once the `select` checkpoint
+    has run. Before that, Snakemake builds no per-shard job downstream of the checkpoint (one pending
+    checkpoint instead of one per job: a dry run of 70k images stays cheap); after it, the DAG is
+    re-evaluated and only shards whose selection changed rerun."""
+
+    def files(wildcards):
+        checkpoints.select.get()
+        return expand(list(patterns), shard=SHARDS, **more)
+
+    return files
 
 
 def selected_shard(wildcards):

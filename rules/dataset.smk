@@ -13,8 +13,8 @@ wildcard_constraints:
 rule export_dataset:
     input:
         selection=f"{RESULTS}/filter/selection.parquet",
-        pairs=expand(f"{RESULTS}/pairs/manifests/{{shard}}.parquet", shard=SHARDS),
-        captions=expand(f"{RESULTS}/captions/{{shard}}.parquet", shard=SHARDS),
+        pairs=after_select(f"{RESULTS}/pairs/manifests/{{shard}}.parquet"),
+        captions=after_select(f"{RESULTS}/captions/{{shard}}.parquet"),
     output:
         data=directory(f"{RESULTS}/dataset/{{split}}"),
         stats=f"{RESULTS}/dataset/stats/{{split}}.json",

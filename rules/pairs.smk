@@ -72,8 +72,8 @@ rule degrade:
 
 rule pairs_summary:
     input:
-        stats=expand(f"{RESULTS}/pairs/stats/{{rule}}/{{shard}}.json", rule=("segment", "degrade"), shard=SHARDS),
-        rejects=expand(f"{RESULTS}/pairs/rejects/{{rule}}/{{shard}}.parquet", rule=("segment", "degrade"), shard=SHARDS),
+        stats=after_select(f"{RESULTS}/pairs/stats/{{rule}}/{{shard}}.json", rule=("segment", "degrade")),
+        rejects=after_select(f"{RESULTS}/pairs/rejects/{{rule}}/{{shard}}.parquet", rule=("segment", "degrade")),
     output:
         stats=report(f"{RESULTS}/pairs/stats.json", category="3. Pairs", caption="../report/pairs.rst"),
         rejects=f"{RESULTS}/pairs/rejects.parquet",
@@ -93,5 +93,5 @@ rule pairs_summary:
 TARGETS["pairs"] = [
     f"{RESULTS}/pairs/stats.json",
     f"{RESULTS}/pairs/rejects.parquet",
-    *expand(f"{RESULTS}/pairs/manifests/{{shard}}.parquet", shard=SHARDS),
+    after_select(f"{RESULTS}/pairs/manifests/{{shard}}.parquet"),
 ]

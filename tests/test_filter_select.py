@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from relightflow.config import section
 from relightflow.filter import select
 from relightflow.images import save_image
 from relightflow.manifest import read_json, read_table, write_table
 from relightflow.testing import render_scene
 
-CFG = {"num_images": "all", "threshold": None, "top_fraction": None, "min_side": 64, "splits": {"train": 0.8, "val": 0.1, "test": 0.1}, "dedup": {"phash_distance": None}}  # fmt: skip
+CFG = section("filter", min_side=64, dedup={"phash_distance": None})
 
 
 def _scores(n: int, seed: int = 0, shards: int = 3) -> pd.DataFrame:
@@ -119,7 +120,7 @@ def test_min_side_and_phash_dedup_keep_the_better_copy(tmp_path):
     best = frame["lighting_score"].idxmax()
     frame.loc[5, "phash"] = f"{int(frame.loc[best, 'phash'], 16) ^ 0b1011:016x}"  # 3 bits from the best
     frame.loc[5, "lighting_score"] = frame["lighting_score"].min() - 0.01
-    cfg = {**CFG, "dedup": {"phash_distance": 4}}
+    cfg = {**CFG, "dedup": {"phash_distance": 4, "embedding_cosine": None}}
     summary, sel, unsel, _ = _run(tmp_path, frame, cfg)
     reasons = dict(zip(unsel["image_id"], unsel["reason"], strict=True))
     assert reasons["0003"].startswith("too small")
@@ -152,13 +153,13 @@ def test_embedding_dedup(tmp_path):
     frame = _scores(6)
     frame["lighting_score"] = np.linspace(1, 0.5, 6)
     frame["embedding"] = list(emb.astype(np.float32))
-    _, sel, unsel, _ = _run(tmp_path, frame, {**CFG, "dedup": {"embedding_cosine": 0.98}})
+    _, sel, unsel, _ = _run(tmp_path, frame, {**CFG, "dedup": {"phash_distance": None, "embedding_cosine": 0.98}})
     assert unsel["image_id"].tolist() == ["0004"] and "embedding" not in sel
 
 
 def test_embedding_dedup_without_embeddings_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="store_embeddings"):
-        _run(tmp_path, _scores(5), {**CFG, "dedup": {"embedding_cosine": 0.9}})
+        _run(tmp_path, _scores(5), {**CFG, "dedup": {"phash_distance": None, "embedding_cosine": 0.9}})
 
 
 def test_per_shard_files_do_not_change_when_another_shard_grows(tmp_path):

@@ -46,12 +46,12 @@ def test_plan_rewrites_only_changed_shard_lists(tmp_path: Path) -> None:
     assert shards == ["00000", "00001", "00002"]
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "lists").iterdir()}
     changed = [*entries[:5], ingest.Entry("05.jpg", 2, 2)]  # one image modified
-    os.utime(tmp_path / "lists" / "00000.jsonl", ns=(1, 1))
-    mtimes["00000.jsonl"] = 1
+    os.utime(tmp_path / "lists" / "00000.json", ns=(1, 1))
+    mtimes["00000.json"] = 1
     ingest.plan_shards(changed, 2, tmp_path)
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "lists").iterdir()}
-    assert after["00000.jsonl"] == mtimes["00000.jsonl"] and after["00001.jsonl"] == mtimes["00001.jsonl"]
-    assert after["00002.jsonl"] != mtimes["00002.jsonl"]
+    assert after["00000.json"] == mtimes["00000.json"] and after["00001.json"] == mtimes["00001.json"]
+    assert after["00002.json"] != mtimes["00002.json"]
 
 
 def test_scan_folder_extensions_case_insensitive_and_links_once(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def _ingest_corpus(root: Path, out: Path, cfg: dict) -> None:
         "root, out, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]);"
         "shards = ingest.plan_shards(ingest.scan_folder(root), 100, out + '/state');"
         "from relightflow.shards import ShardOutputs, run_shard;"
-        "[run_shard(ingest.IngestStage(f'{out}/state/lists/{s}.jsonl', root, cfg), s,"
+        "[run_shard(ingest.IngestStage(f'{out}/state/lists/{s}.json', root, cfg), s,"
         " ShardOutputs(f'{out}/m{s}.parquet', f'{out}/r{s}.parquet', f'{out}/s{s}.json')) for s in shards]"
     )
     cmd = [sys.executable, "-c", code, str(root), str(out), json.dumps(cfg)]

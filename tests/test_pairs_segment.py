@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from relightflow.config import section
 from relightflow.pairs.segment import (
     ClassicalSegmenter,
     FrameSegmenter,
@@ -100,7 +101,7 @@ def test_sam2_from_bundled_config_and_a_saved_checkpoint(tmp_path_factory, torch
     from relightflow.testing.tiny_sam import SAM2_TEST_CONFIG, build_tiny_sam2_checkpoint
 
     ckpt = build_tiny_sam2_checkpoint(tmp_path_factory.mktemp("sam2") / "tiny.pt", image_size=256)
-    cfg = {"segmenter": "sam2", "sam2": {"config": SAM2_TEST_CONFIG, "checkpoint": ckpt, "image_size": 256}}
+    cfg = section("pairs", segmenter="sam2", sam2={"config": SAM2_TEST_CONFIG, "checkpoint": ckpt, "image_size": 256})
     seg = build_segmenter(cfg)
     image = data.astronaut()
     box, point, prompt = seg.prompt(image)
@@ -116,11 +117,11 @@ def test_sam3_from_a_tiny_saved_model(tmp_path, torch_one_thread):
 
     folder = build_tiny_sam3(tmp_path / "sam3")
     seg = build_segmenter(
-        {"segmenter": "sam3", "sam3": {"model": folder, "text_prompt": "person", "threshold": 0.0}}
+        section("pairs", segmenter="sam3", sam3={"model": folder, "text_prompt": "person", "threshold": 0.0})
     )
     image = data.astronaut()[:300, :200]
     out = seg.segment(image)
     assert out.mask.shape == (300, 200) and out.prompt == "text:person" and 0.0 <= out.score <= 1.0
-    strict = build_segmenter({"segmenter": "sam3", "sam3": {"model": folder, "threshold": 1.01}})
+    strict = build_segmenter(section("pairs", segmenter="sam3", sam3={"model": folder, "threshold": 1.01}))
     none = strict.segment(image)  # nothing scores above 1: an empty mask, which the stage rejects
     assert not none.mask.any() and none.score == 0.0

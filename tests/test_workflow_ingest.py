@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import jobs_run, run_snakemake
+from conftest import jobs_run, run_snakemake, snakemake_command
 
 from relightflow.images import save_image
 from relightflow.testing import render_scene
@@ -107,3 +109,51 @@ def test_list_file_input(workdir: Path) -> None:
     assert sorted(kept["relpath"]) == ["images/img00.jpg", "images/img02.jpg"]
     rejects = pd.read_parquet(workdir / "results/ingest/rejects.parquet")
     assert list(rejects["reason"].str[:11]) == ["cannot stat"]
+
+
+def _state(workdir: Path) -> dict[str, bytes]:
+    state = workdir / "results/ingest/state"
+    return {str(p.relative_to(state)): p.read_bytes() for p in state.rglob("*") if p.is_file()}
+
+
+def test_unreadable_folder_stops_the_run_and_keeps_the_plan(workdir: Path) -> None:
+    """A folder that cannot be listed (NFS hiccup, permissions) must not make its images leave their
+    shards: the run stops naming the folder, and the shard state is left as it was."""
+    cfg = _setup(workdir, n_images=4)
+    (workdir / "images/sub").mkdir()
+    save_image(workdir / "images/sub/extra.jpg", render_scene(size=64, seed=5)[0])
+    run_snakemake(workdir, "--configfile", str(cfg), "-n")
+    before = _state(workdir)
+    (workdir / "images/sub").chmod(0)
+    try:
+        caps = "-dac_override,-dac_read_search"  # as root, drop the capability that ignores permissions
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if os.geteuid() == 0 else []
+        proc = subprocess.run([*prefix, *snakemake_command(workdir, "--configfile", str(cfg), "-n")],
+                              capture_output=True, text=True, cwd=workdir, timeout=300)  # fmt: skip
+    finally:
+        (workdir / "images/sub").chmod(0o755)
+    assert proc.returncode != 0 and "cannot list input folder" in proc.stdout + proc.stderr
+    assert "images/sub" in proc.stdout + proc.stderr
+    assert _state(workdir) == before
+
+
+def test_a_dry_run_during_a_real_run_changes_nothing_it_reads(workdir: Path) -> None:
+    cfg = _setup(workdir, n_images=6)
+    yaml_cfg = yaml.safe_load(cfg.read_text())
+    cfg.write_text(yaml.safe_dump({**yaml_cfg, "stages": ["ingest", "filter"], "filter": {"backend": "stats", "min_side": 32}}))
+    faults = str(Path(__file__).parent / "faults")
+    env = {**os.environ, "PYTHONPATH": faults, "RELIGHTFLOW_FAULT": "slow-ingest:2"}
+    real = subprocess.Popen(snakemake_command(workdir, "--configfile", str(cfg)), cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    locks = workdir / ".snakemake/locks"
+    deadline = time.monotonic() + 300
+    while not (locks.is_dir() and any(p.stat().st_size for p in locks.glob("*.lock"))):
+        assert real.poll() is None and time.monotonic() < deadline, "the real run never started"
+        time.sleep(0.2)
+    before = _state(workdir)
+    save_image(workdir / "images/img99.jpg", render_scene(size=64, seed=99)[0])  # new image mid-run
+    dry = run_snakemake(workdir, "--configfile", str(cfg), "-n", check=False)
+    assert "another Snakemake run holds this directory" in dry.stdout + dry.stderr
+    assert _state(workdir) == before  # the running jobs' shard lists are untouched
+    assert real.wait(timeout=600) == 0
+    assert jobs_run(run_snakemake(workdir, "--configfile", str(cfg), "-n"))["ingest"] == 1  # picked up next run

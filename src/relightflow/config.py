@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 @functools.cache
 def schema() -> dict[str, Any]:
     """The parsed JSON schema (a draft 2020-12 document in YAML)."""
-    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster, parsed at every dry run
+    return yaml.load(SCHEMA_PATH.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
 
 
 @functools.cache

@@ -21,9 +21,8 @@ import posixpath
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from PIL import ExifTags, Image
@@ -48,25 +47,17 @@ class UnreadableInput(OSError):
     """A folder of the input cannot be listed: stop, rather than drop its images from their shards."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One listed input file: its path relative to the root, size and mtime, or why it can't be read.
 
     ``size`` -1 means "not statted at planning time" (generated demo files): ingest stats it itself.
+    A tuple (not a dataclass): a million of them are built at every dry run.
     """
 
     relpath: str
     size: int = -1
     mtime_ns: int = 0
     error: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps([self.relpath, self.size, self.mtime_ns, self.error])
-
-    @classmethod
-    def from_json(cls, line: str) -> Entry:
-        relpath, size, mtime_ns, error = json.loads(line)
-        return cls(relpath, size, mtime_ns, error)
 
 
 def display_path(path: str) -> str:
@@ -76,18 +67,20 @@ def display_path(path: str) -> str:
 
 def _entry(relpath: str, st: os.stat_result) -> Entry:
     if not stat.S_ISREG(st.st_mode):
-        return Entry(relpath, error="not a regular file")
-    return Entry(relpath, st.st_size, st.st_mtime_ns)
+        return Entry(relpath, -1, 0, "not a regular file")
+    return Entry(relpath, st.st_size, st.st_mtime_ns, "")
 
 
 def _stat_entry(full: str, relpath: str) -> Entry:
     try:
-        return _entry(relpath, os.stat(full))
+        st = os.stat(full)
     except OSError as e:
         if e.errno in (errno.EIO, errno.ESTALE, errno.ETIMEDOUT):
             raise UnreadableInput(f"cannot stat {display_path(full)}: {e.strerror}") from e
-        reason = "symlink loop" if e.errno == errno.ELOOP else f"cannot stat: {e.strerror}"
-        return Entry(relpath, error=reason)
+        return Entry(relpath, -1, 0, "symlink loop" if e.errno == errno.ELOOP else f"cannot stat: {e.strerror}")
+    if stat.S_ISREG(st.st_mode):
+        return Entry(relpath, st.st_size, st.st_mtime_ns, "")
+    return Entry(relpath, -1, 0, "not a regular file")
 
 
 def _suffix(name: str) -> str:
@@ -141,7 +134,7 @@ def scan_folder(root: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXT
                 continue
             seen[(st.st_dev, st.st_ino)] = rel
         entries.append(entry)
-    entries.sort(key=lambda e: e.relpath)
+    entries.sort()  # tuples sort by relpath first
     return entries
 
 
@@ -154,8 +147,8 @@ def read_path_list(list_file: str | os.PathLike, column: str = "path") -> list[s
     elif suffix in (".csv", ".tsv"):
         df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
     else:
-        lines = p.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-        return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+        stripped = (line.strip() for line in p.read_text(encoding="utf-8", errors="surrogateescape").splitlines())
+        return [line for line in stripped if line and line[0] != "#"]
     col = column if column in df.columns else df.columns[0]
     return [v for v in (str(x).strip() for x in df[col].tolist()) if v]
 
@@ -163,13 +156,15 @@ def read_path_list(list_file: str | os.PathLike, column: str = "path") -> list[s
 def scan_list(list_file: str | os.PathLike, root: str | os.PathLike, column: str = "path") -> list[Entry]:
     """List the files named in a list file, relative to ``root``; duplicates counted once."""
     root = os.fspath(root)
+    prefix = root.rstrip("/") + "/"
     out: dict[str, Entry] = {}
     for raw in read_path_list(list_file, column):
-        rel = os.path.relpath(raw, root) if os.path.isabs(raw) else raw
-        rel = posixpath.normpath(rel.replace(os.sep, "/"))
+        rel = os.path.relpath(raw, root) if raw.startswith("/") else raw
+        if "\\" in rel or "./" in rel or "//" in rel or rel.endswith("/."):  # rare: normalise only then
+            rel = posixpath.normpath(rel.replace(os.sep, "/"))
         if rel not in out:
-            out[rel] = _stat_entry(os.path.join(root, rel), rel)
-    return sorted(out.values(), key=lambda e: e.relpath)
+            out[rel] = _stat_entry(prefix + rel, rel)
+    return sorted(out.values())  # tuples sort by relpath first
 
 
 def assign_shards(
@@ -178,7 +173,7 @@ def assign_shards(
     """Stable, append-only shard assignment: known paths keep their shard, new ones fill the last."""
     previous = previous or {}
     relpaths = list(relpaths)
-    assignment = {p: previous[p] for p in relpaths if p in previous}
+    assignment = {p: previous[p] for p in relpaths if p in previous} if previous else {}
     counts: dict[int, int] = {}
     for s in assignment.values():
         counts[s] = counts.get(s, 0) + 1
@@ -230,27 +225,32 @@ def _write_if_different(path: str, text: str) -> bool:
 def plan_shards(entries: Sequence[Entry], shard_size: int, state_dir: str | os.PathLike) -> list[str]:
     """Assign ``entries`` to shards (reusing the cached assignment) and write one list file per shard.
 
-    Under :func:`state_lock`: list files ``<state_dir>/lists/<shard>.jsonl`` rewritten only when their
-    content changes, the assignment cache ``assignment.json`` and the shard ids ``shards.json``. Returns
-    the sorted shard ids.
+    Under :func:`state_lock`: list files ``<state_dir>/lists/<shard>.json`` (each a JSON array of
+    ``[relpath, size, mtime_ns, error]``) rewritten only when their content changes, the assignment cache
+    ``assignment.json`` (only when it changed) and the shard ids ``shards.json``. Returns the sorted ids.
     """
     state = os.fspath(state_dir)
     with state_lock(state):
         previous = _previous_assignment(os.path.join(state, "assignment.json"), shard_size)
         assignment = assign_shards((e.relpath for e in entries), shard_size, previous)
-        by_shard: dict[str, list[str]] = {}
+        names: dict[int, str] = {}
+        by_shard: dict[str, list[Entry]] = {}
         for e in entries:
-            by_shard.setdefault(shard_name(assignment[e.relpath]), []).append(e.to_json())
+            index = assignment[e.relpath]
+            name = names.get(index) or names.setdefault(index, shard_name(index))
+            by_shard.setdefault(name, []).append(e)
         shards = sorted(by_shard)
-        written = sum(
-            _write_if_different(os.path.join(state, "lists", f"{shard}.jsonl"), "\n".join(lines) + "\n")
-            for shard, lines in by_shard.items()
-        )
-        write_json(os.path.join(state, "assignment.json"), {"shard_size": shard_size, "assignment": assignment},
-                   only_if_changed=True)  # fmt: skip
+        written = sum(_write_if_different(shard_list_file(state, s), json.dumps(by_shard[s]) + "\n") for s in shards)
+        if assignment != previous:
+            write_json(os.path.join(state, "assignment.json"), {"shard_size": shard_size, "assignment": assignment})
         _write_if_different(os.path.join(state, "shards.json"), json.dumps(shards) + "\n")
     log.info("%d images in %d shards (%d list files changed)", len(entries), len(shards), written)
     return shards
+
+
+def shard_list_file(state_dir: str | os.PathLike, shard: str) -> str:
+    """The list file of ``shard``: changes exactly when the shard's images change."""
+    return os.path.join(state_dir, "lists", f"{shard}.json")
 
 
 def _previous_assignment(path: str, shard_size: int) -> dict[str, int]:
@@ -276,7 +276,7 @@ def cached_shards(state_dir: str | os.PathLike) -> list[str]:
 
 def read_shard_list(path: str | os.PathLike) -> list[Entry]:
     with open(path, encoding="utf-8") as f:
-        return [Entry.from_json(line) for line in f if line.strip()]
+        return [Entry(*row) for row in json.load(f)]
 
 
 def _exif_orientation(img: Image.Image) -> int:

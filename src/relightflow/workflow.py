@@ -79,7 +79,7 @@ def plan(config: dict[str, Any], remote: bool = False, state_dir: str = STATE_DI
 
 
 def shard_list_path(shard: str, state_dir: str = STATE_DIR) -> str:
-    return os.path.join(state_dir, "lists", f"{shard}.jsonl")
+    return ingest.shard_list_file(state_dir, shard)
 
 
 def enabled_stages(config: dict[str, Any]) -> list[str]:

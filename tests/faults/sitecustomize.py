@@ -5,6 +5,7 @@ on a CPU-only machine, so the segmenter raises the exact exception torch raises 
 * ``segment-oom:<marker>`` — the first segmentation raises ``torch.cuda.OutOfMemoryError`` and creates
   ``<marker>``; later ones (the rerun) work.
 * ``slow-degrade:<seconds>`` — each degraded image takes ``<seconds>`` longer (a window to kill the job in).
+* ``slow-ingest:<seconds>`` — each probed image takes ``<seconds>`` longer (a run that lasts a while).
 """
 
 import os
@@ -40,3 +41,17 @@ elif _FAULT.startswith("slow-degrade:"):
         return _pair_image(*args, **kwargs)
 
     _run.pair_image = _slow
+
+elif _FAULT.startswith("slow-ingest:"):
+    import time
+
+    from relightflow import ingest as _ingest
+
+    _delay = float(_FAULT.split(":", 1)[1])
+    _probe = _ingest.probe_image
+
+    def _slow_probe(*args, **kwargs):
+        time.sleep(_delay)
+        return _probe(*args, **kwargs)
+
+    _ingest.probe_image = _slow_probe

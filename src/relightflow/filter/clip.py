@@ -95,12 +95,12 @@ class ClipScorer:
 
     def __init__(self, cfg: dict[str, Any]):
         self.pairs = check_pairs(cfg["prompts"])
-        self.device = resolve_device(cfg.get("device"))
-        self.dtype = autocast_dtype(cfg.get("precision", "auto"), self.device)
-        self.temperature = float(cfg.get("temperature", 100.0))
-        self.store_embeddings = bool(cfg.get("store_embeddings", False))
-        self.model_name = f"{cfg['model']}:{cfg.get('pretrained') or 'random'}"
-        self.model, tokenizer, pp = load_clip(cfg["model"], cfg.get("pretrained"), self.device)
+        self.device = resolve_device(cfg["device"])
+        self.dtype = autocast_dtype(cfg["precision"], self.device)
+        self.temperature = float(cfg["temperature"])
+        self.store_embeddings = bool(cfg["store_embeddings"])
+        self.model_name = f"{cfg['model']}:{cfg['pretrained'] or 'random'}"
+        self.model, tokenizer, pp = load_clip(cfg["model"], cfg["pretrained"], self.device)
         size = pp["size"]
         self.size = int(size if isinstance(size, int) else size[0])
         self.mean = torch.tensor(pp["mean"], device=self.device).view(1, 3, 1, 1) * 255.0

@@ -101,14 +101,14 @@ def embedding_duplicates(embeddings: np.ndarray, min_cosine: float, chunk: int =
 def cut_count(n: int, scores: np.ndarray, cfg: Mapping[str, Any]) -> int:
     """How many of the ``n`` ranked images to keep (top-K, threshold or top fraction; the strictest)."""
     keep = n
-    k = cfg.get("num_images", "all")
+    k = cfg["num_images"]
     if k not in (None, "all"):
         if int(k) > n:
             log.warning("filter.num_images=%s but only %d eligible images: keeping all", k, n)
         keep = min(keep, int(k))
-    if cfg.get("threshold") is not None:
+    if cfg["threshold"] is not None:
         keep = min(keep, int((scores >= float(cfg["threshold"])).sum()))
-    if cfg.get("top_fraction") is not None:
+    if cfg["top_fraction"] is not None:
         keep = min(keep, math.ceil(float(cfg["top_fraction"]) * n))
     return keep
 
@@ -154,12 +154,12 @@ def _drop(
 
 
 def _dedup(frame: pd.DataFrame, dedup: Mapping[str, Any], dropped: list[pd.DataFrame]) -> pd.DataFrame:
-    distance = dedup.get("phash_distance")
+    distance = dedup["phash_distance"]
     if distance is not None and len(frame) and "phash" in frame:
         dup_of = phash_duplicates(_phash_ints(frame["phash"]), int(distance))
         reasons = [f"near-duplicate (phash): of {frame['image_id'][j]}" if j >= 0 else "" for j in dup_of]
         frame = _drop(frame, dup_of >= 0, reasons, dropped)
-    cosine = dedup.get("embedding_cosine")
+    cosine = dedup["embedding_cosine"]
     if cosine is not None and len(frame):
         if "embedding" not in frame or frame["embedding"].isna().any():
             raise ValueError("filter.dedup.embedding_cosine needs filter.clip.store_embeddings: true")
@@ -173,15 +173,15 @@ def choose(scores: pd.DataFrame, cfg: Mapping[str, Any], seed: int) -> tuple[pd.
     """``(selected with split and rank, unselected with reason)`` from all scored rows."""
     frame = rank_order(scores)
     dropped: list[pd.DataFrame] = []
-    min_side = int(cfg.get("min_side") or 0)
+    min_side = int(cfg["min_side"])
     small = np.minimum(frame["width"].to_numpy(float), frame["height"].to_numpy(float)) < min_side
     frame = _drop(frame, small, f"too small: shorter side < {min_side} px", dropped)
-    frame = _dedup(frame, cfg.get("dedup") or {}, dropped)
+    frame = _dedup(frame, cfg["dedup"], dropped)
     keep = cut_count(len(frame), frame["lighting_score"].to_numpy(), cfg)
     below = np.arange(len(frame)) >= keep
     frame = _drop(frame, below, "below the selection cut", dropped)
     frame["rank"] = np.arange(len(frame))
-    frame["split"] = split_labels(frame["image_id"].tolist(), cfg.get("splits") or {"train": 1.0}, seed)
+    frame["split"] = split_labels(frame["image_id"].tolist(), cfg["splits"], seed)
     unselected = (
         pd.concat(dropped, ignore_index=True) if dropped else pd.DataFrame(columns=UNSELECTED_COLUMNS)
     )
@@ -234,7 +234,7 @@ def _summary(scores, selected, unselected, cfg, seed) -> dict[str, Any]:
         "n_scored": len(scores), "n_selected": len(selected), "n_unselected": len(unselected),
         "reasons": stage.reasons, "cut_score": float(selected["lighting_score"].min()) if len(selected) else None,
         "splits": {s: {"n": len(v), "mean_score": round(float(v.mean()), 4) if len(v) else None} for s, v in split_scores.items()},
-        "config": {k: cfg.get(k) for k in ("num_images", "threshold", "top_fraction", "min_side", "splits", "dedup")},
+        "config": {k: cfg[k] for k in ("num_images", "threshold", "top_fraction", "min_side", "splits", "dedup")},
         "seed": seed,
     }  # fmt: skip
 

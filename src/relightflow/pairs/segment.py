@@ -344,25 +344,24 @@ class Sam3Segmenter(Segmenter):
         return Segmentation(mask, float(result["scores"][best]), prompt)
 
 
+SEGMENTERS = ("sam2", "sam3", "classical", "none")
+
+
 def build_segmenter(cfg: dict[str, Any], device: str | None = None) -> Segmenter:
     """The segmenter named by ``cfg["segmenter"]`` (the ``pairs`` config section)."""
-    name = cfg.get("segmenter", "none")
-    sub = dict(cfg.get(name) or {})
+    name = cfg["segmenter"]
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown pairs.segmenter {name!r} (one of {SEGMENTERS})")
     if name == "none":
         return FrameSegmenter()
+    sub = cfg[name]
     if name == "classical":
         return ClassicalSegmenter(**sub)
     if name == "sam2":
         return Sam2Segmenter(
-            sub.get("config"), sub["checkpoint"], device, sub.get("image_size"),
-            tuple(sub.get("box", DEFAULT_BOX)), sub.get("point", DEFAULT_POINT), bool(sub.get("use_face", True)),
+            sub["config"], sub["checkpoint"], device, sub["image_size"], tuple(sub["box"]), sub["point"],
+            bool(sub["use_face"]),
         )  # fmt: skip
     if name == "sam3":
-        return Sam3Segmenter(
-            sub["model"],
-            sub.get("text_prompt", "person"),
-            sub.get("threshold", 0.5),
-            sub.get("mask_threshold", 0.5),
-            device,
-        )
+        return Sam3Segmenter(sub["model"], sub["text_prompt"], sub["threshold"], sub["mask_threshold"], device)
     raise ValueError(f"unknown pairs.segmenter {name!r} (sam2 | sam3 | classical | none)")

@@ -7,21 +7,25 @@ against ``-|stops|`` on each image's exposure ladder (-2..+2) averaged over imag
 ``score(1 stop off) > score(2 stops off)`` on each side, which holds even when the original itself is
 not perfectly exposed (the originals are label noise: bright Cube++ skies, dark VIDIT night renders).
 
-    python -m relightflow.filter.evaluate --backend stats
-    python -m relightflow.filter.evaluate --backend clip --model ViT-B-32 --pretrained /path/open_clip.bin
+    .venv/bin/python benchmarks/eval_filter.py --backend stats
+    .venv/bin/python benchmarks/eval_filter.py --backend clip --model ViT-B-32 --pretrained /path/open_clip.bin
+
+Labelled sets are read from ``$RELIGHTFLOW_EVALDATA`` (default: ``../shared/evaldata`` beside the
+checkout); they are for evaluating only and are not part of the repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-EVALDATA = Path(__file__).resolve().parents[4] / "shared" / "evaldata"
+EVALDATA = Path(os.environ.get("RELIGHTFLOW_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))
 LADDER = (-2.0, -1.0, 0.0, 1.0, 2.0)
 ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
 
