@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import SNAKEMAKE
@@ -193,3 +194,20 @@ def test_a_rule_that_never_fits_stops_the_run_before_any_job(tmp_path: Path) -> 
     assert proc.returncode != 0
     assert "rule outgrows_the_node asks for mem_mb=5000 but partition small allows 4000 MB" in text
     assert not (tmp_path / "a.txt").exists(), "nothing ran: the check comes before the first job"
+
+
+def test_group_longer_than_max_time() -> None:
+    """A group's runtime is its layers' in series (Snakemake's estimate); above MaxTime it would pend."""
+    node = cluster.read_node(
+        "rfsmall", environ={}, run=fake_slurm(SINFO_LOCAL, {"rfsmall": SCONTROL_SMALL_TIMED})
+    )
+
+    def group(runtime: int, *rules: str) -> SimpleNamespace:
+        jobs = [SimpleNamespace(rule=SimpleNamespace(name=r)) for r in rules]
+        return SimpleNamespace(groupid="shard", jobs=jobs, resources={"runtime": runtime})
+
+    found = cluster.group_problems([group(2160, "ingest"), group(3000, "ingest", "score_lighting")], node)
+    assert found == [
+        "group shard (2 jobs of ingest, score_lighting) needs runtime=3000 min (its jobs in series on one node) "
+        "but partition rfsmall allows 2160 min (MaxTime): lower group-components or the rules' runtime"
+    ]

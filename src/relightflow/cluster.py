@@ -233,19 +233,33 @@ def active_node() -> Node | None:
 # --- Snakemake side (needs a Snakemake workflow object; imported lazily) --------------------------------
 
 
-def _checked(resource: Any, rule: str, node: Node) -> Any:
-    """``resource`` (a snakemake Resource) that raises instead of returning a value above ``node``."""
-    from snakemake.exceptions import ResourceValidationError
-    from snakemake.resources import Resource
+class _Guard:
+    """Checks evaluated requests against ``node``: raises, or records while :func:`enforce` surveys the DAG."""
 
-    def evaluate(wildcards: Any, **aux: Any) -> Any:
-        value = resource.evaluate(wildcards, **aux).value
-        problem = node.problem(rule, resource.name, value, aux.get("attempt", 1))
-        if problem:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.found: dict[str, None] | None = None  # distinct problems, while surveying
+
+    def check(self, rule: str, resource: str, value: Any, attempt: int) -> None:
+        from snakemake.exceptions import ResourceValidationError
+
+        problem = self.node.problem(rule, resource, value, attempt)
+        if problem is None:
+            return
+        if self.found is None:
             raise ResourceValidationError(f"{problem}\n{HINT}")
-        return value
+        self.found[problem] = None
 
-    return Resource(resource.name, evaluate, raw=resource.raw)
+    def wrap(self, resource: Any, rule: str) -> Any:
+        """``resource`` (a snakemake Resource) evaluated as before, then checked."""
+        from snakemake.resources import Resource
+
+        def evaluate(wildcards: Any, **aux: Any) -> Any:
+            value = resource.evaluate(wildcards, **aux).value
+            self.check(rule, resource.name, value, aux.get("attempt", 1))
+            return value
+
+        return Resource(resource.name, evaluate, raw=resource.raw)
 
 
 def _on_login_node(workflow: Any, rule: Any) -> bool:
@@ -253,47 +267,44 @@ def _on_login_node(workflow: Any, rule: Any) -> bool:
     return workflow.is_local(rule) and not workflow.local_exec
 
 
-def guard_rules(workflow: Any, node: Node) -> None:
-    """Make every submitted rule's memory, GPU, cpus_per_task and runtime requests fail above ``node``."""
+def guard_rules(workflow: Any, node: Node) -> _Guard:
+    """Check every submitted rule's memory, GPU, cpus_per_task and runtime requests against ``node``."""
+    guard = _Guard(node)
     for rule in workflow.rules:
         if _on_login_node(workflow, rule):
             continue
         for name in CHECKED:
             resource = rule.resources.get(name)
-            if resource is not None and not getattr(resource, "_relightflow_checked", False):
-                checked = _checked(resource, rule.name, node)
-                checked._relightflow_checked = True
-                rule.resources[name] = checked
+            if resource is not None:
+                rule.resources[name] = guard.wrap(resource, rule.name)
+    return guard
 
 
-def problems(jobs: Iterable[Any], node: Node) -> list[str]:
-    """Every distinct "rule X asks for ..." error of ``jobs`` (snakemake Jobs), evaluated afresh."""
-    from snakemake.exceptions import ResourceValidationError, WorkflowError
-
-    found: dict[str, None] = {}
-    for job in jobs:
-        try:
+def survey(jobs: Iterable[Any], guard: _Guard) -> list[str]:
+    """Every distinct "rule X asks for ..." problem of ``jobs`` (snakemake Jobs), evaluated afresh."""
+    guard.found = {}
+    try:
+        for job in jobs:
             job.rule.expand_resources(job.wildcards_dict, job.input, job.attempt)
-        except WorkflowError as err:
-            cause = err.__cause__
-            if not (isinstance(cause, ResourceValidationError) and " asks for " in str(cause)):
-                raise
-            found[str(cause).split("\n")[0]] = None
-    return list(found)
+        return list(guard.found)
+    finally:
+        guard.found = None
 
 
 def group_problems(groups: Iterable[Any], node: Node) -> list[str]:
     """Groups whose jobs, run in series on one node, need more time than the partition's MaxTime."""
-    found = []
+    found: dict[str, None] = {}
     for group in groups:
         runtime = group.resources.get("runtime")
-        if node.runtime is not None and isinstance(runtime, int) and runtime > node.runtime:
-            rules = sorted({job.rule.name for job in group.jobs})
-            found.append(
-                f"group {group.groupid} ({len(group.jobs)} jobs of {', '.join(rules)}) needs runtime={runtime} "
-                f"run in series on one node, but {node.why['runtime']}: lower group-components"
-            )
-    return found
+        if node.runtime is None or not isinstance(runtime, int) or runtime <= node.runtime:
+            continue
+        rules = ", ".join(sorted({job.rule.name for job in group.jobs}))
+        message = (
+            f"group {group.groupid} ({len(group.jobs)} jobs of {rules}) needs runtime={runtime} min (its jobs "
+            f"in series on one node) but {node.why['runtime']}: lower group-components or the rules' runtime"
+        )
+        found[message] = None
+    return list(found)
 
 
 def enforce(workflow: Any, node: Node | None = None) -> None:
@@ -307,10 +318,10 @@ def enforce(workflow: Any, node: Node | None = None) -> None:
     node = node or active_node()
     if node is None or getattr(workflow, "remote_exec", False) or getattr(workflow, "subprocess_exec", False):
         return
-    guard_rules(workflow, node)
+    guard = guard_rules(workflow, node)
     dag = workflow.dag
     jobs = [job for job in dag.needrun_jobs() if not _on_login_node(workflow, job.rule)]
-    found = problems(jobs, node)
+    found = survey(jobs, guard)
     if not found:
         groups = {id(g): g for job in jobs if (g := dag.get_job_group(job)) is not None}
         found = group_problems(groups.values(), node)
