@@ -1,8 +1,9 @@
 """relightflow.cluster: node sizes from sinfo / scontrol outputs, the per-rule check, and a real retry.
 
-The Slurm outputs below were recorded on the local cluster (scripts/local-slurm.sh: node `vm`, 8 CPUs,
-19284 MB, 2 fake GPUs) with a second partition `rfsmall` made by `scontrol create PartitionName=rfsmall
-Nodes=vm MaxCPUsPerNode=2 MaxMemPerNode=4000`, then updated with MaxTime / MaxMemPerCPU. HETEROGENEOUS is
+The Slurm outputs below were recorded on the local cluster (scripts/local-slurm.sh, Slurm 22.05: node `vm`,
+8 CPUs, 19284 MB, 2 fake GPUs) with a second partition `rfsmall` made by `scontrol create
+PartitionName=rfsmall Nodes=vm MaxCPUsPerNode=2 MaxMemPerNode=4000`, then updated with MaxTime /
+MaxMemPerCPU (`sinfo --noheader --Node --format=%P|%N|%c|%m|%G`, `scontrol show partition NAME`). HETEROGENEOUS is
 written by hand in the same format (a GPU partition with two node types and a CPU-only partition).
 """
 
@@ -34,6 +35,20 @@ SCONTROL_SMALL = (
 SCONTROL_SMALL_TIMED = SCONTROL_SMALL.replace("MaxTime=UNLIMITED", "MaxTime=1-12:00:00").replace(
     "MaxMemPerNode=4000", "MaxMemPerCPU=1500"
 )
+SCONTROL_DEBUG_LINES = """PartitionName=debug
+   AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL
+   AllocNodes=ALL Default=YES QoS=N/A
+   DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO
+   MaxNodes=UNLIMITED MaxTime=UNLIMITED MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED
+   Nodes=vm
+   PriorityJobFactor=1 PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=NO
+   OverTimeLimit=NONE PreemptMode=OFF
+   State=UP TotalCPUs=8 TotalNodes=1 SelectTypeParameters=NONE
+   JobDefaults=(null)
+   DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED
+   TRES=cpu=8,mem=19284M,node=1,billing=8
+
+"""  # what `scontrol show partition debug` prints (without --oneliner)
 HETEROGENEOUS = (
     "gpu*|g001|64|515000|gpu:a100:4(S:0-1)\n"
     "gpu*|g002|32|256000|gpu:a100:8(S:0-1)\n"
@@ -60,6 +75,7 @@ def test_recorded_default_partition_is_the_whole_node() -> None:
     node = cluster.read_node("", environ={}, run=fake_slurm(SINFO_LOCAL, {"debug": SCONTROL_DEBUG}, calls))
     assert (node.partition, node.cpus, node.mem_mb, node.gpus, node.runtime) == ("debug", 8, 19284, 2, None)
     assert [c[0] for c in calls] == ["sinfo", "scontrol"]  # one of each, whatever the job count
+    assert cluster.parse_partition(SCONTROL_DEBUG_LINES) == cluster.parse_partition(SCONTROL_DEBUG)
 
 
 def test_recorded_partition_limits_cut_the_node() -> None:

@@ -39,7 +39,7 @@ GPU_RULE = "score_lighting" if FILTER_INCLUDED else "ingest"
 PARTITION = "rf2cpu"
 PARTITION_LIMITS = {"MaxCPUsPerNode": 2, "MaxMemPerNode": 4000}  # the node has 8 CPUs, 19284 MB, 2 GPUs
 # Recorded on the local cluster with that partition (sinfo --noheader --Node --format=%P|%N|%c|%m|%G and
-# scontrol show partition rf2cpu --oneliner, shortened): replayed by fake sinfo/scontrol for the dry runs.
+# scontrol show partition rf2cpu, shortened): replayed by fake sinfo/scontrol for the dry runs.
 RECORDED = {
     "sinfo": f"debug*|vm|8|19284|gpu:fake:2\n{PARTITION}|vm|8|19284|gpu:fake:2\n",
     "scontrol": f"PartitionName={PARTITION} Default=NO MaxNodes=UNLIMITED MaxTime=UNLIMITED MinNodes=1 "
@@ -154,7 +154,7 @@ def _snakemake(
 def _fake_slurm(bin_dir: Path, calls: Path) -> None:
     """sinfo / scontrol that replay RECORDED and log each call to ``calls`` (other scontrol calls: no output)."""
     bin_dir.mkdir()
-    answers = {"sinfo": "sinfo --noheader --Node ", "scontrol": f"scontrol show partition {PARTITION} "}
+    answers = {"sinfo": "sinfo --noheader --Node ", "scontrol": f"scontrol show partition {PARTITION}"}
     for name, output in RECORDED.items():
         (bin_dir / f"{name}.out").write_text(output)
         script = bin_dir / name
@@ -210,7 +210,7 @@ def test_profile_sizes_jobs_from_one_sinfo(tmp_path: Path) -> None:
     asked = [c for c in calls.read_text().splitlines() if c.startswith(("sinfo", "scontrol show partition"))]
     assert asked == [  # (the Slurm plugin itself reads `scontrol show config` once)
         "sinfo --noheader --Node --format=%P|%N|%c|%m|%G",
-        f"scontrol show partition {PARTITION} --oneliner",
+        f"scontrol show partition {PARTITION}",
     ]
     assert _threads(text, GPU_RULE) == {2}  # the stats backend asks for 3 threads (num_workers + 1)
     assert text.count("Group job shard") == 1  # 2 shards <= group-components 10: one Slurm job

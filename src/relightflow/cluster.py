@@ -181,7 +181,7 @@ def query_node(partition: str = "", run: Callable[[list[str]], str] = _run) -> N
         raise SlurmQueryError(f"no default partition in sinfo; set {ENV_PARTITION}")
     if name not in partitions:
         raise UnknownPartition(f"partition {name} is not in sinfo (known: {', '.join(sorted(partitions))})")
-    limits = parse_partition(run(["scontrol", "show", "partition", name, "--oneliner"]))
+    limits = parse_partition(run(["scontrol", "show", "partition", name]))
     return size_node(name, partitions[name], limits)
 
 
