@@ -74,9 +74,8 @@ class Node:
     mem_mb: int
     gpus: int
     runtime: int | None = None  # minutes (the partition's MaxTime); None: no limit
-    why: Mapping[str, str] = field(
-        default_factory=dict
-    )  # Node field -> "partition debug's nodes have 8 CPUs"
+    # Node field -> where its limit comes from: "partition debug's nodes have 8 CPUs"
+    why: Mapping[str, str] = field(default_factory=dict)
 
     def problem(self, rule: str, resource: str, value: Any, attempt: int = 1) -> str | None:
         """The error for ``rule`` asking ``resource=value`` when it exceeds this node, else None."""
@@ -87,7 +86,8 @@ class Node:
         if limit is None or value <= limit:
             return None
         on_attempt = f" on attempt {attempt}" if attempt > 1 else ""
-        return f"rule {rule} asks for {resource}={value}{on_attempt} but {self.why[limit_field]}"
+        why = self.why.get(limit_field, f"one node of partition {self.partition} has {limit} ({limit_field})")
+        return f"rule {rule} asks for {resource}={value}{on_attempt} but {why}"
 
 
 def parse_int(text: str) -> int | None:
@@ -301,7 +301,8 @@ def group_problems(groups: Iterable[Any], node: Node) -> list[str]:
         rules = ", ".join(sorted({job.rule.name for job in group.jobs}))
         message = (
             f"group {group.groupid} ({len(group.jobs)} jobs of {rules}) needs runtime={runtime} min (its jobs "
-            f"in series on one node) but {node.why['runtime']}: lower group-components or the rules' runtime"
+            f"in series on one node) but {node.why.get('runtime', f'MaxTime is {node.runtime} min')}: lower "
+            "group-components or the rules' runtime"
         )
         found[message] = None
     return list(found)
@@ -315,8 +316,10 @@ def enforce(workflow: Any, node: Node | None = None) -> None:
     """
     from snakemake.exceptions import WorkflowError
 
+    from relightflow.workflow import is_remote_job
+
     node = node or active_node()
-    if node is None or getattr(workflow, "remote_exec", False) or getattr(workflow, "subprocess_exec", False):
+    if node is None or is_remote_job(workflow):
         return
     guard = guard_rules(workflow, node)
     dag = workflow.dag
