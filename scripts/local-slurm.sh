@@ -12,7 +12,8 @@
 # Without cgroups, memory limits are enforced by polling (OverMemoryKill, every second): a job above its
 # --mem is killed, as on a production cluster.
 # Sizes: LOCAL_SLURM_CPUS (default 8, may exceed the real cores), LOCAL_SLURM_GPUS (2),
-# LOCAL_SLURM_MEM_MB (80 % of RAM).
+# LOCAL_SLURM_MEM_MB (80 % of RAM). Partition `debug` (default) holds the node; tests/test_slurm.py adds a
+# smaller partition on the same node at run time (scontrol create/delete; slurm.conf is not changed).
 set -euo pipefail
 
 CPUS=${LOCAL_SLURM_CPUS:-8}
@@ -198,6 +199,7 @@ status() {
   ctld_up || { say "controller is down"; return 1; }
   scontrol ping
   sinfo -N -o "%N %t %c %m %G"
+  sinfo -o "%P %a %l %D"   # partitions: name (* = default), state, MaxTime, nodes
   squeue
 }
 
