@@ -181,3 +181,16 @@ def test_whole_frame_segmenter_end_to_end(shard, tmp_path):
     stats, out = _degrade(tmp_path / "pairs", out["segments.parquet"], cfg)
     assert stats.n_kept == 8 and stats.n_rejected == 0
     assert set(read_table(out["pairs.parquet"]).background) == {"blur"}
+
+
+def test_mask_cache_key_follows_the_checkpoint_content(tmp_path):
+    """Replacing a checkpoint under the same name must not reuse masks cached with the old one."""
+    ckpt = tmp_path / "sam.pt"
+    ckpt.write_bytes(b"weights v1")
+    cfg = _cfg(segmenter="sam2", sam2={"checkpoint": str(ckpt)})
+    first = pairs_run.segment_cache_key("image-digest", cfg)
+    assert pairs_run.segment_cache_key("image-digest", cfg) == first
+    ckpt.write_bytes(b"weights v2, retrained")
+    assert pairs_run.segment_cache_key("image-digest", cfg) != first
+    hub = _cfg(segmenter="sam2", sam2={"checkpoint": "facebook/sam2.1-hiera-large"})
+    assert pairs_run.segment_cache_key("image-digest", hub) != pairs_run.segment_cache_key("other", hub)
