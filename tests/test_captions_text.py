@@ -30,7 +30,13 @@ from relightflow.captions.render import (
     temperature_terms,
     template_for,
 )
-from relightflow.captions.schema import DIRECTIONS, TEMPERATURES, InvalidResponse, json_schema, parse_description
+from relightflow.captions.schema import (
+    DIRECTIONS,
+    TEMPERATURES,
+    InvalidResponse,
+    json_schema,
+    parse_description,
+)
 
 GOOD = {"light_source": "softbox", "direction": "Right", "color_temperature": "cool", "hardness": "soft",
         "setting": "studio", "phrase": "cool softbox light from the right"}  # fmt: skip
