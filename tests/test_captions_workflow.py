@@ -136,3 +136,12 @@ def test_api_requests_cap_bounds_requests_in_flight_across_jobs(upstream: Path, 
         spans[shard_of[image_url(r["body"])]] = (min(start, r["start"]), max(end, r["end"]))
     ordered = sorted(spans.values())
     assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False))  # the jobs never overlapped
+
+
+def test_a_key_over_plain_http_fails_when_the_workflow_is_parsed(workdir: Path) -> None:
+    images = workdir / "images"
+    save_image(images / "a.png", render_scene(size=64)[0])
+    cfg = _config(workdir, images, "http://gpu-node-12:8000/v1", openai={"api_key_env": "MY_VLM_KEY"})
+    proc = run_snakemake(workdir, *_targets(SUMMARY), "-n", "--configfile", str(cfg), check=False)
+    assert proc.returncode != 0 and "refusing to send an API key" in proc.stdout + proc.stderr
+    assert not list((workdir / "results").rglob("*.parquet"))  # before any job (only the parsed shard listing)
