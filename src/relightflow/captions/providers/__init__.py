@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relightflow.captions.providers.base import Captioner, CaptionResult, Counters
+if TYPE_CHECKING:
+    from relightflow.captions.providers.base import Captioner, CaptionResult, Counters
 
 _PKG = "relightflow.captions.providers"
 
@@ -51,6 +52,15 @@ GPU_PROVIDERS = tuple(name for name, spec in SPECS.items() if spec.gpus)
 
 __all__ = ["GPU_PROVIDERS", "PROVIDERS", "SPECS", "CaptionResult", "Captioner", "Counters", "ProviderSpec",
            "job_resources", "make_captioner", "spec"]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """The shared types of :mod:`.base`, imported on first use (the workflow reads :data:`SPECS` when parsed)."""
+    if name in ("Captioner", "CaptionResult", "Counters"):
+        from relightflow.captions.providers import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def spec(provider: str) -> ProviderSpec:
