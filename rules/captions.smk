@@ -1,17 +1,20 @@
 # Captions: per shard, describe the lighting of each selected ORIGINAL image; the text becomes the edit
 # instruction. Providers (captions.provider): vllm (offline batched, GPU, own conda env), openai (any
-# OpenAI-compatible endpoint: `vllm serve`, OpenAI, Mistral), transformers (one local GPU), measured (no
-# model). Answers are cached by content under cache_dir/captions, so a rerun never pays twice.
-# Params carry only the captions section (+ cache dir), so a prompt/provider change reruns only captions.
+# OpenAI-compatible endpoint: `vllm serve`, OpenAI), mistral (the openai client with Mistral's API defaults),
+# transformers (one local GPU), measured (no model). Answers are cached by content under cache_dir/captions,
+# so a rerun never pays twice. Params carry only the captions section (+ cache dir), so a prompt/provider
+# change reruns only captions.
+from relightflow.captions import providers as caption_providers
+from relightflow.captions.endpoints import check_endpoint
 
 CAPTIONS = config["captions"]
-CAPTION_PROVIDER = CAPTIONS["provider"]
-CAPTION_ENV = "../envs/vlm.yaml" if CAPTION_PROVIDER == "vllm" else "../envs/base.yaml"
-# GPUs per caption job: vLLM uses captions.vllm.gpus (its tensor-parallel size), transformers one, others none
-CAPTION_GPUS = {"vllm": CAPTIONS["vllm"]["gpus"], "transformers": 1}.get(CAPTION_PROVIDER, 0)
-CAPTION_MEM_MB = {"vllm": 64000, "transformers": 32000}.get(CAPTION_PROVIDER, 4000)
-
-
+# One table (relightflow.captions.providers.SPECS) gives each provider's conda env and job resources:
+# gpu (vllm: captions.vllm.gpus, transformers 1), mem_mb, and api_requests = the endpoint client's
+# concurrency, which profiles cap across all caption jobs (`resources: api_requests`).
+CAPTION_SPEC = caption_providers.spec(CAPTIONS["provider"])
+CAPTION_RESOURCES = caption_providers.job_resources(CAPTIONS)
+if CAPTION_SPEC.api:
+    check_endpoint(CAPTIONS[CAPTIONS["provider"]])  # a key never travels in clear text: fail at parse time
 
 
 rule caption:
@@ -31,11 +34,12 @@ rule caption:
     benchmark:
         f"{RESULTS}/benchmarks/captions/caption/{{shard}}.tsv"
     resources:
-        gpu=CAPTION_GPUS,
-        mem_mb=CAPTION_MEM_MB,
+        gpu=CAPTION_RESOURCES["gpu"],
+        mem_mb=CAPTION_RESOURCES["mem_mb"],
+        api_requests=CAPTION_RESOURCES["api_requests"],
         runtime=240,
     conda:
-        CAPTION_ENV
+        f"../{CAPTION_SPEC.env}"
     script:
         "../workflow_scripts/caption.py"
 

@@ -1,10 +1,13 @@
 """A real HTTP server on 127.0.0.1 that speaks ``POST /v1/chat/completions``, with fault injection.
 
-Each request takes the next scripted fault from ``faults`` (then ``default``): ``ok``; ``500`` (any
+Each request takes the next scripted fault from ``faults``, else ``fault_for(body)`` when that gives one (a
+fault chosen by the request, e.g. a persistent 500 for some images; settable while serving), else
+``default``: ``ok``; ``500`` (any
 status code); ``429:<s>`` (429 with ``Retry-After: <s>``); ``timeout:<s>`` (sleep, then answer: the
 client should have given up); ``invalid_json`` (200 with a body that is not JSON); ``bad_reply`` (200, a
 valid completion whose message is not a valid description); ``prose`` (the description wrapped in a
-code fence and chatter). Requests (path, headers, JSON body) are recorded for assertions.
+code fence and chatter). Requests (path, headers, JSON body, start/end times, the fault served) are recorded
+for assertions, with the most requests ever in flight at once (``peak_in_flight``).
 
 Usage::
 
@@ -49,11 +52,15 @@ class ChatServer:
         faults: Iterable[str] = (),
         default: str = "ok",
         reply: Callable[[dict[str, Any]], str] | None = None,
+        fault_for: Callable[[dict[str, Any]], str | None] | None = None,
     ):
         self.faults = deque(faults)
         self.default = default
         self.reply = reply or (lambda body: json.dumps(DEFAULT_DESCRIPTION))
+        self.fault_for = fault_for
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -80,7 +87,16 @@ class ChatServer:
     def _next_fault(self, record: dict[str, Any]) -> str:
         with self._lock:
             self.requests.append(record)
-            return self.faults.popleft() if self.faults else self.default
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            chosen = self.fault_for(record["body"]) if self.fault_for else None
+            record["fault"] = self.faults.popleft() if self.faults else (chosen or self.default)
+            return record["fault"]
+
+    def _done(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            record["end"] = time.monotonic()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -109,8 +125,11 @@ class ChatServer:
                     self._send(404, b'{"error": "not found"}')
                     return
                 body = json.loads(raw or b"{}")
-                fault = server._next_fault({"path": self.path, "headers": dict(self.headers), "body": body})
-                self._respond(fault, body)
+                record = {"path": self.path, "headers": dict(self.headers), "body": body, "start": time.monotonic()}
+                try:
+                    self._respond(server._next_fault(record), body)
+                finally:
+                    server._done(record)
 
             def _respond(self, fault: str, body: dict[str, Any]) -> None:
                 kind, _, arg = fault.partition(":")
@@ -136,3 +155,8 @@ class ChatServer:
                     raise ValueError(f"unknown fault {fault!r}")
 
         return Handler
+
+
+def image_url(body: dict[str, Any]) -> str:
+    """The image data URL of a chat-completions request body (which image it asks about)."""
+    return body["messages"][1]["content"][0]["image_url"]["url"]

@@ -32,6 +32,10 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen3vl(tmp_path_factory.mktemp("random"))
 
 
+def _hf(**options) -> dict:
+    return section("captions", {"transformers": options})["transformers"]
+
+
 def _images() -> list[np.ndarray]:
     """Different sizes, so the batch is left-padded."""
     return [render_scene(size=64, seed=0)[0], render_scene(size=96, seed=5)[0][:, :80]]
@@ -43,7 +47,7 @@ def test_checkpoint_folder_looks_like_a_real_one(taught: Path) -> None:
 
 
 def test_batched_generation_is_decoded_and_validated(taught: Path) -> None:
-    captioner = TransformersCaptioner({"model": str(taught), "max_new_tokens": 60})
+    captioner = TransformersCaptioner(_hf(model=str(taught), max_new_tokens=60))
     assert captioner.net is None  # nothing loaded until needed
     results = captioner.describe(_images())
     assert [r.description.model_dump() for r in results] == [DEFAULT_DESCRIPTION] * 2
@@ -52,8 +56,7 @@ def test_batched_generation_is_decoded_and_validated(taught: Path) -> None:
 
 
 def test_random_model_gives_failures_not_captions(random_model: Path) -> None:
-    captioner = TransformersCaptioner({"model": str(random_model), "max_new_tokens": 12, "temperature": 0.7,
-                                       "max_retries": 1})  # fmt: skip
+    captioner = TransformersCaptioner(_hf(model=str(random_model), max_new_tokens=16, temperature=0.7, max_retries=1))
     results = captioner.describe(_images())
     assert all(not r.ok and r.error.startswith("invalid response") and r.attempts == 2 for r in results)
     assert captioner.counters.as_dict() == {"requests": 4, "retries": 2, "failures": 2}

@@ -23,11 +23,12 @@ KEY_ENV = "RELIGHTFLOW_TEST_KEY"
 SECRET = "sk-test-0123456789-secret"
 
 
-def _cfg(server: ChatServer, **overrides) -> dict:
+def _cfg(server: ChatServer, provider: str = "openai", **overrides) -> dict:
+    """A complete (schema-filled) provider section pointing at the loopback server."""
     cfg = {"base_url": server.base_url, "model": "test-vlm", "api_key_env": KEY_ENV, "concurrency": 1,
            "timeout_s": 5, "max_retries": 3, "backoff_s": 0.01, "max_backoff_s": 0.05, "max_tokens": 100,
            "temperature": 0.0}  # fmt: skip
-    return {**cfg, **overrides}
+    return section("captions", {provider: {**cfg, **overrides}})[provider]
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +50,7 @@ def test_success_sends_schema_image_and_key(image: np.ndarray) -> None:
     assert req["headers"]["Authorization"] == f"Bearer {SECRET}"
     body = req["body"]
     assert body["model"] == "test-vlm" and body["response_format"]["type"] == "json_schema"
+    assert "seed" not in body  # no seed configured: none sent
     assert body["response_format"]["json_schema"]["schema"]["properties"]["direction"]["enum"][0] == "left"
     url = body["messages"][1]["content"][0]["image_url"]["url"]
     assert url.startswith("data:image/jpeg;base64,")

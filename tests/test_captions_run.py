@@ -55,7 +55,7 @@ def test_measured_provider_captions_a_shard(tmp_path: Path) -> None:
     caps = res["captions"].set_index("image_id")
     assert list(res["captions"].columns[: len(COLUMNS)]) == COLUMNS
     assert sorted(caps.index) == ["id0", "id1", "id2"]
-    assert caps.loc["id0", "instruction"].endswith("from the upper left, warm tone")
+    assert caps.loc["id0", "instruction"] == "soft warm daylight from the upper left"  # hardness and source measured
     assert caps.loc["id1", "light_direction"] == "right" and caps.loc["id1", "color_temperature"] == "cool"
     assert (
         caps.loc["id2", "light_direction"] == "bottom" and caps.loc["id2", "color_temperature"] == "neutral"
@@ -69,6 +69,23 @@ def test_measured_provider_captions_a_shard(tmp_path: Path) -> None:
     )
     s = res["stats_json"]
     assert (s["n_in"], s["n_kept"], s["n_rejected"]) == (5, 3, 2) and s["reasons"] == {"unreadable image": 2}
+    assert s["counts"]["direction_from_measured"] == 3 and s["counts"]["direction_left_out"] == 0
+
+
+def test_flat_light_leaves_the_direction_out(tmp_path: Path) -> None:
+    image, mask, _ = render_scene(Scene("front", "level", "warm", size=128, seed=3))  # no side, no height
+    save_image(tmp_path / "flat.png", image)
+    save_image(tmp_path / "flat_mask.png", mask)
+    write_table(tmp_path / "selected.parquet", [{"image_id": "flat", "path": str(tmp_path / "flat.png")}])
+    write_table(tmp_path / "segments.parquet", [{"image_id": "flat", "mask_path": str(tmp_path / "flat_mask.png")}])
+    out = tmp_path / "out"
+    stage = CaptionStage(tmp_path / "selected.parquet", tmp_path / "segments.parquet", CFG, tmp_path / "cache")
+    run_shard(stage, "00000", ShardOutputs(out / "c.parquet", out / "r.parquet", out / "s.json"))
+    [row] = read_table(out / "c.parquet").to_dict("records")
+    assert row["measured_direction_confidence"] < CFG["min_confidence"]
+    assert row["instruction"] == "soft warm daylight" and row["light_direction"] is None
+    assert row["direction_source"] == "none" and row["color_temperature"] == "warm"
+    assert read_json(out / "s.json")["counts"]["direction_left_out"] == 1
 
 
 def test_missing_segments_means_no_masks(tmp_path: Path) -> None:
@@ -97,6 +114,10 @@ def test_bad_template_fails_before_any_work(tmp_path: Path) -> None:
         _run(tmp_path, {**CFG, "template": "{lite} from the {direction}"})
 
 
+def _vllm(**options) -> dict:
+    return section("captions", {"vllm": options})["vllm"]
+
+
 class FakeLLM:
     """Stands in for ``vllm.LLM`` (same ``chat`` signature and output shape) to test our side of the call."""
 
@@ -111,7 +132,7 @@ class FakeLLM:
 def test_vllm_provider_revalidates_only_invalid_replies() -> None:
     good = json.dumps(DEFAULT_DESCRIPTION)
     llm = FakeLLM([[good, "not json", good], [good]])
-    captioner = VLLMCaptioner({"model": "m", "max_retries": 2}, llm=llm, sampling_params="sp")
+    captioner = VLLMCaptioner(_vllm(model="m", max_retries=2), llm=llm, sampling_params="sp")
     images = [np.zeros((16, 16, 3), np.uint8) + i for i in range(3)]
     results = captioner.describe(images)
     assert [r.ok for r in results] == [True, True, True] and results[1].attempts == 2
@@ -121,7 +142,7 @@ def test_vllm_provider_revalidates_only_invalid_replies() -> None:
 
 def test_vllm_provider_gives_up_after_retries() -> None:
     llm = FakeLLM([["nope"], ["nope"]])
-    [result] = VLLMCaptioner({"model": "m", "max_retries": 1}, llm=llm).describe(
+    [result] = VLLMCaptioner(_vllm(model="m", max_retries=1), llm=llm).describe(
         [np.zeros((8, 8, 3), np.uint8)]
     )
     assert not result.ok and result.error.startswith("invalid response") and result.attempts == 2
@@ -130,14 +151,14 @@ def test_vllm_provider_gives_up_after_retries() -> None:
 def test_vllm_engine_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     assert visible_gpu_count() == 2
-    kwargs = llm_kwargs({"model": "Qwen/Qwen3-VL-30B-A3B-Instruct", "max_model_len": 4096})
+    kwargs = llm_kwargs(_vllm(max_model_len=4096))
     assert kwargs["tensor_parallel_size"] == 2 and kwargs["max_model_len"] == 4096
     assert kwargs["limit_mm_per_prompt"] == {"image": 1}
 
 
 def test_vllm_is_imported_lazily() -> None:
-    captioner = make_captioner({"provider": "vllm", "vllm": {"model": "m"}})  # no import, no engine yet
-    assert captioner.llm is None and captioner.params()["structured"] is True
+    captioner = make_captioner(section("captions", {"provider": "vllm", "vllm": {"model": "m"}}))  # no engine yet
+    assert captioner.llm is None and captioner.params()["structured"] is True and captioner.params()["seed"] == 0
     try:
         import vllm  # noqa: F401
     except ImportError:

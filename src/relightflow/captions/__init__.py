@@ -6,6 +6,17 @@ an OpenAI-compatible endpoint, local transformers) for a structured description 
 drives one shard.
 """
 
-from relightflow.captions.measure import measure_lighting
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["measure_lighting"]
+
+
+def __getattr__(name: str) -> Any:
+    """``measure_lighting`` on first use: the workflow imports this package when parsed, without OpenCV."""
+    if name == "measure_lighting":
+        from relightflow.captions.measure import measure_lighting
+
+        return measure_lighting
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """Content-keyed response cache: a rerun never pays twice for the same caption.
 
-A key hashes (image file digest, provider, model, prompt version, generation params); the value is the
-validated description (JSON) with its raw reply. One small file per key under
+A key hashes everything that changes the answer (:data:`KEY_FIELDS`): the image file's bytes, the size it
+is sent at, the provider, model and endpoint, the prompt version with the prompt's fingerprint, and the
+generation parameters with the seed. Never a credential: endpoints are keyed without their user info.
+The value is the validated description (JSON) with its raw reply. One small file per key under
 ``<cache_dir>/captions/<2 hex>/<key>.json``, written atomically, so parallel shard jobs and killed jobs
 never corrupt it. Only validated answers are stored; failures are retried on the next run.
 """
@@ -12,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,15 @@ from relightflow.manifest import write_json
 log = logging.getLogger(__name__)
 
 
-def cache_key(digest: str, provider: str, model: str, prompt_version: str, params: dict[str, Any]) -> str:
-    """SHA-256 over the canonical JSON of everything that shapes a caption."""
-    blob = json.dumps(
-        {"digest": digest, "provider": provider, "model": model, "prompt_version": prompt_version,
-         "params": params},
-        sort_keys=True, default=str,
-    )  # fmt: skip
+KEY_FIELDS = ("digest", "image_size", "provider", "model", "endpoint", "prompt", "params")
+
+
+def cache_key(fields: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of the :data:`KEY_FIELDS` (all required, nothing else)."""
+    missing, extra = set(KEY_FIELDS) - set(fields), set(fields) - set(KEY_FIELDS)
+    if missing or extra:
+        raise ValueError(f"cache key fields: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    blob = json.dumps({k: fields[k] for k in KEY_FIELDS}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

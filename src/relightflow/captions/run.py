@@ -1,5 +1,11 @@
 """The ``caption`` stage on one shard: measure every image, ask the VLM (cached), render the instruction.
 
+The instruction states a direction and colour temperature only as decided by :mod:`relightflow.captions.render`
+(a confident measurement beats the VLM; an unsure direction is left out), and the ``light_direction`` /
+``color_temperature`` columns are what the instruction states (None where it states nothing), so the
+evaluation's re-measurement checks exactly what was asked. Per row: the VLM-vs-measurement agreement and
+where the words came from; per shard, their counts in the stats.
+
 Reads the shard's selected images (``image_id, path``) in batches and the subject masks from the
 segments table (``image_id, mask_path``). Runs under the one shard driver (:mod:`relightflow.shards`):
 an unreadable image or mask, or a reply that stays invalid after its re-asks, is a reject with its reason.
@@ -21,11 +27,19 @@ from typing import Any
 import numpy as np
 
 from relightflow.captions.cache import CaptionCache, cache_key
+from relightflow.captions.endpoints import redact_logs
 from relightflow.captions.measure import measure_lighting
 from relightflow.captions.providers import Captioner, make_captioner
 from relightflow.captions.providers.base import CaptionResult
-from relightflow.captions.render import check_template, combine, measured_fields, render_instruction
-from relightflow.captions.schema import LightingDescription, prompt_fingerprint
+from relightflow.captions.render import (
+    check_template,
+    combine,
+    measured_fields,
+    render_instruction,
+    stated_attributes,
+    template_for,
+)
+from relightflow.captions.schema import PROMPT_VERSION, LightingDescription, prompt_fingerprint
 from relightflow.digests import file_digest
 from relightflow.errors import BadInput, EnvironmentFailure
 from relightflow.images import ImageError, load_mask, load_rgb
@@ -37,13 +51,14 @@ log = logging.getLogger(__name__)
 STAGE = "captions"
 MEASURE_VERSION = "measure-v1"
 MEASURED_KEYS = ("horizontal", "vertical", "direction", "backlit", "color_temperature", "warmth", "light_color",
-                 "contrast", "hardness", "key", "light_type", "direction_confidence", "color_confidence",
-                 "mask_used")  # fmt: skip
+                 "contrast", "hardness", "key", "light_type", "direction_confidence", "horizontal_confidence",
+                 "vertical_confidence", "color_confidence", "mask_used")  # fmt: skip
 VLM_KEYS = ("light_source", "direction", "color_temperature", "hardness", "setting", "phrase")
 COLUMNS = [
     "image_id", "path", "instruction", "source", "light_direction", "color_temperature", "prompt_version",
     "mask_path", "measure_version",
     "attributes_mode", "cache_hit", "agreement", "agreement_direction", "agreement_temperature",
+    "direction_source", "temperature_source",
     *(f"measured_{k}" for k in MEASURED_KEYS), *(f"vlm_{k}" for k in VLM_KEYS),
 ]  # fmt: skip
 
@@ -94,13 +109,21 @@ def load_item(image_id: str, path: str, mask_path: str | None, max_side: int) ->
     return Item(image_id, path, image, mask_path or "", measured)
 
 
+def caption_key(captioner: Captioner, digest: str, image: np.ndarray, prompt_version: str) -> str:
+    """The cache key of one image's answer: everything that changes it (:data:`cache.KEY_FIELDS`)."""
+    return cache_key({
+        "digest": digest, "image_size": list(image.shape[:2]), "provider": captioner.name,
+        "model": captioner.model, "endpoint": captioner.endpoint,
+        "prompt": f"{prompt_version}+{prompt_fingerprint()}",  # editing the prompt in code also re-captions
+        "params": captioner.params(),
+    })  # fmt: skip
+
+
 def _describe_cached(
     captioner: Captioner, cache: CaptionCache, items: list[Item], prompt_version: str
 ) -> list[tuple[CaptionResult, bool]]:
     """(result, cache_hit) per item: cached answers first, the misses in one provider call."""
-    version = f"{prompt_version}+{prompt_fingerprint()}"  # editing the prompt in code also re-captions
-    keys = [cache_key(file_digest(it.path), captioner.name, captioner.model, version, captioner.params())
-            for it in items]  # fmt: skip
+    keys = [caption_key(captioner, file_digest(it.path), it.image, prompt_version) for it in items]
     out: list[tuple[CaptionResult, bool] | None] = [None] * len(items)
     misses = []
     for i, key in enumerate(keys):
@@ -120,21 +143,22 @@ def _describe_cached(
 
 def caption_row(item: Item, cfg: dict[str, Any], source: str, result: CaptionResult | None,
                 cache_hit: bool) -> dict[str, Any]:  # fmt: skip
-    """The captions-table row of one image (instruction, attributes, agreement, provenance)."""
-    mode = cfg["attributes"]
+    """The captions-table row of one image (instruction, the attributes it states, agreement, provenance)."""
+    mode, min_conf = cfg["attributes"], cfg["min_confidence"]
     row: dict[str, Any] = {"image_id": item.image_id, "path": item.path, "source": source,
                            "prompt_version": cfg["prompt_version"], "cache_hit": cache_hit,
                            "mask_path": item.mask_path, "measure_version": MEASURE_VERSION,
                            **{f"measured_{k}": item.measured.get(k) for k in MEASURED_KEYS}}  # fmt: skip
     if result is None:
-        fields = measured_fields(item.measured)
-        row.update(attributes_mode="measured", agreement=math.nan)
+        fields = measured_fields(item.measured, min_conf)
+        row.update(attributes_mode="measured", agreement=math.nan, temperature_source="measured",
+                   direction_source="measured" if fields["direction"] else "none")  # fmt: skip
     else:
         vlm = result.description.model_dump()
-        fields, agreement = combine(vlm, item.measured, mode)
-        row.update(attributes_mode=mode, **agreement, **{f"vlm_{k}": vlm[k] for k in VLM_KEYS})
-    row["instruction"] = render_instruction(fields, cfg["template"], cfg["max_chars"])
-    row["light_direction"], row["color_temperature"] = fields["direction"], fields["temperature"]
+        fields, record = combine(vlm, item.measured, mode, min_conf)
+        row.update(attributes_mode=mode, **record, **{f"vlm_{k}": vlm[k] for k in VLM_KEYS})
+    row["instruction"] = render_instruction(fields, template_for(cfg["provider"], cfg["template"]), cfg["max_chars"])
+    row.update(stated_attributes(row["instruction"], fields))
     if not row["instruction"]:
         raise BadInput("caption failed: empty instruction after sanitising")
     return row
@@ -142,8 +166,20 @@ def caption_row(item: Item, cfg: dict[str, Any], source: str, result: CaptionRes
 
 def provider_option(cfg: dict[str, Any], name: str) -> int:
     """An option of the provider's section when set there, else of the captions section."""
-    value = (cfg.get(cfg["provider"]) or {}).get(name)  # the measured provider has no section
-    return int(value if value is not None else cfg[name])
+    own = cfg[cfg["provider"]][name] if cfg["provider"] != "measured" else None  # measured has no section
+    return int(own if own is not None else cfg[name])
+
+
+def decision_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How the shard's instructions were decided: VLM disagreements, measured wins, directions left out."""
+    vlm_rows = [r for r in rows if r.get("vlm_direction") is not None]
+    return {
+        "direction_disagreements": sum(not r["agreement_direction"] for r in vlm_rows),
+        "temperature_disagreements": sum(not r["agreement_temperature"] for r in vlm_rows),
+        "direction_from_measured": sum(r["direction_source"] == "measured" for r in rows),
+        "direction_left_out": sum(r["direction_source"] == "none" for r in rows),
+        "temperature_from_measured": sum(r["temperature_source"] == "measured" for r in rows),
+    }
 
 
 class CaptionStage(ShardStage):
@@ -153,19 +189,23 @@ class CaptionStage(ShardStage):
     columns = COLUMNS
 
     def __init__(self, selected: str | os.PathLike, segments: str | os.PathLike | None, cfg: dict[str, Any],
-                 cache_dir: str | os.PathLike = "results/cache", captioner: Captioner | None = None):  # fmt: skip
+                 cache_dir: str | os.PathLike = "results/cache", captioner: Captioner | None = None,
+                 max_concurrency: int | None = None):  # fmt: skip
+        """``max_concurrency``: requests in flight granted to the job (its ``api_requests`` resource)."""
         super().__init__(selected, provider_option(cfg, "batch_size"))
         self.cfg, self.segments, self.captioner, self.owned = cfg, segments, captioner, captioner is None
+        self.max_concurrency = max_concurrency
         self.cache = CaptionCache(cache_dir, enabled=cfg["cache"])
         self.max_side = provider_option(cfg, "max_side")
         self.request_failures = 0
 
     def open(self) -> None:
-        check_template(self.cfg["template"])
+        redact_logs()  # no credentials of a base URL in any line of the job's log
+        check_template(template_for(self.cfg["provider"], self.cfg["template"]))
         self.masks = read_mask_paths(self.segments)
         if self.owned:
             try:
-                self.captioner = make_captioner(self.cfg)
+                self.captioner = make_captioner(self.cfg, self.max_concurrency)
             except Exception as e:  # a model or client that cannot be built fails the job
                 raise EnvironmentFailure(f"cannot start captions provider {self.cfg['provider']!r}: {e}") from e
         self.caption_source = (f"{self.captioner.name}/{self.captioner.model}" if self.captioner
@@ -207,7 +247,7 @@ class CaptionStage(ShardStage):
                 return Outcome(item.image_id, item.path, reject=str(e))
 
     def finish(self, stats: Stats, rows: list[dict[str, Any]]) -> None:
-        stats.counts.update({**self.cache.stats(), "request_failures": self.request_failures,
+        stats.counts.update({**self.cache.stats(), "request_failures": self.request_failures, **decision_counts(rows),
                              **(self.captioner.counters.as_dict() if self.captioner else {})})  # fmt: skip
         allowed = self.cfg["max_failure_rate"]
         if self.request_failures and self.request_failures > allowed * stats.n_in:
@@ -218,4 +258,6 @@ class CaptionStage(ShardStage):
             )
 
     def info(self) -> dict[str, Any]:
-        return {"provider": self.cfg["provider"], "source": self.caption_source, "prompt_version": self.cfg["prompt_version"]}
+        return {"provider": self.cfg["provider"], "source": self.caption_source, "prompt_version": self.cfg["prompt_version"],
+                "prompt": f"{PROMPT_VERSION}+{prompt_fingerprint()}", "attributes": self.cfg["attributes"],
+                "template": template_for(self.cfg["provider"], self.cfg["template"])}  # fmt: skip

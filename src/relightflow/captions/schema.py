@@ -2,7 +2,8 @@
 
 The model answers with one small JSON object; :func:`parse_description` extracts and validates it (a
 reply that fails is an :class:`InvalidResponse`, retried then recorded as a failure — never stored as a
-caption). ``PROMPT_VERSION`` is part of the cache key: change it whenever the prompt or schema changes.
+caption). :func:`prompt_fingerprint` (``PROMPT_VERSION``, the prompts and the schema) is part of the cache key,
+so editing any of them re-captions; bump ``PROMPT_VERSION`` when the meaning changes without the text.
 """
 
 from __future__ import annotations
@@ -14,22 +15,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"  # v2: free-text setting, source without direction/colour words
 DIRECTIONS = ("left", "right", "above", "below", "front", "back")
 TEMPERATURES = ("warm", "neutral", "cool")
 
 SYSTEM_PROMPT = "You are a lighting director. You describe how a photo is lit, tersely and literally."
 USER_PROMPT = (
     "Describe the main light in this photo as one JSON object with these keys:\n"
-    '- "light_source": what makes the light, 1-4 words (e.g. "window light", "sunlight", "softbox", '
-    '"desk lamp", "overcast sky", "neon sign")\n'
+    '- "light_source": what makes the light and how it reaches the subject, 1-8 words, without its direction '
+    'or colour temperature (e.g. "sunset light through window blinds", "overcast sky", "softbox", '
+    '"desk lamp", "neon signs", "streetlights", "camera flash")\n'
     '- "direction": where the main light comes from, as seen by the viewer of the image: one of '
     '"left", "right", "above", "below", "front", "back"\n'
     '- "color_temperature": one of "warm", "neutral", "cool"\n'
     '- "hardness": "soft" (diffuse, gradual shadows) or "hard" (crisp shadows)\n'
-    '- "setting": "indoor", "outdoor" or "studio"\n'
+    '- "setting": where the photo was taken, 1-4 words (e.g. "living room", "city street at night", '
+    '"beach", "forest", "photo studio")\n'
     '- "phrase": 4-12 words naming the light as an edit instruction, e.g. '
-    '"warm sunlight through blinds from the left, indoor"\n'
+    '"warm sunset light through window blinds from the left"\n'
     "Describe only what you see. Answer with the JSON object only."
 )
 
@@ -43,14 +46,14 @@ class LightingDescription(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    light_source: str = Field(min_length=1, max_length=40)
+    light_source: str = Field(min_length=1, max_length=60)
     direction: Literal["left", "right", "above", "below", "front", "back"]
     color_temperature: Literal["warm", "neutral", "cool"]
     hardness: Literal["soft", "hard"]
-    setting: Literal["indoor", "outdoor", "studio"]
+    setting: str = Field(min_length=1, max_length=40)
     phrase: str = Field(min_length=3, max_length=120)
 
-    @field_validator("direction", "color_temperature", "hardness", "setting", mode="before")
+    @field_validator("direction", "color_temperature", "hardness", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -58,7 +61,7 @@ class LightingDescription(BaseModel):
 
 def prompt_fingerprint() -> str:
     """Short hash of the prompts and schema: part of the cache key, so editing them re-captions."""
-    blob = json.dumps([SYSTEM_PROMPT, USER_PROMPT, json_schema()], sort_keys=True)
+    blob = json.dumps([PROMPT_VERSION, SYSTEM_PROMPT, USER_PROMPT, json_schema()], sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
 

@@ -1,7 +1,8 @@
 """Caption examples and statistics of the exported dataset, for the report.
 
-A sheet shows the first examples of the exported splits (input | target, instruction underneath with its
-source and attributes); an HTML page counts, per split, the caption sources, light directions and colour
+A sheet shows examples of the exported splits — one row per image (an image's variants share one
+instruction), taken in turn from each split: input | target, the instruction underneath with its split,
+source and the attributes it states; an HTML page counts, per split, the caption sources, light directions and colour
 temperatures and summarises instruction lengths. Only scalar columns are streamed for the counts.
 """
 
@@ -10,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from relightflow.dataset import data_files
-from relightflow.evaluate.data import iter_triplets
+from relightflow.evaluate.data import Triplet, iter_triplets
 from relightflow.evaluate.grids import save_grid
 from relightflow.evaluate.summary import STYLE
 from relightflow.manifest import iter_batches, write_text
@@ -65,20 +66,38 @@ def stats_html(split_dirs: Sequence[str | os.PathLike]) -> str:
     return "\n".join(parts) + "</body></html>\n"
 
 
+def _distinct_images(split_dir: str | os.PathLike) -> Iterator[Triplet]:
+    """The decodable rows of a split, the first row of each image only."""
+    seen: set[str] = set()
+    for batch in iter_triplets(split_dir, batch_size=8):
+        for t in batch:
+            image = str(t.meta.get("image_id") or t.key) if isinstance(t, Triplet) else None
+            if image is not None and image not in seen:
+                seen.add(image)
+                yield t
+
+
+def pick_examples(split_dirs: Sequence[str | os.PathLike], num_examples: int) -> list[tuple[str, Triplet]]:
+    """Up to ``num_examples`` (split name, row) pairs, one per image, taken from the splits in turn."""
+    streams = [(Path(d).name, _distinct_images(d)) for d in split_dirs]
+    picked: list[tuple[str, Triplet]] = []
+    while streams and len(picked) < num_examples:
+        for stream in list(streams):
+            row = next(stream[1], None)
+            if row is None:
+                streams.remove(stream)
+            elif len(picked) < num_examples:
+                picked.append((stream[0], row))
+    return picked
+
+
 def caption_examples(split_dirs: Sequence[str | os.PathLike], sheet_path: str | os.PathLike,
-                     html_path: str | os.PathLike, num_examples: int = 12) -> None:  # fmt: skip
-    """Write the example sheet (first ``num_examples`` decodable rows over the splits) and the stats page."""
-    rows, captions = [], []
-    for split_dir in split_dirs:
-        if len(rows) >= num_examples:
-            break
-        for batch in iter_triplets(split_dir, batch_size=8, limit=num_examples - len(rows)):
-            for t in batch:
-                if isinstance(t, tuple):
-                    continue
-                rows.append([t.input, t.target])
-                meta = ", ".join(str(t.meta.get(c)) for c in COUNTED if t.meta.get(c))
-                captions.append(f"[{Path(split_dir).name}] {t.instruction} ({meta})")
+                     html_path: str | os.PathLike, num_examples: int = 20) -> None:  # fmt: skip
+    """Write the example sheet (``num_examples`` images, see :func:`pick_examples`) and the stats page."""
+    picked = pick_examples(split_dirs, num_examples)
+    rows = [[t.input, t.target] for _, t in picked]
+    captions = [f"[{split}] {t.instruction} ({', '.join(str(t.meta[c]) for c in COUNTED if t.meta.get(c))})"
+                for split, t in picked]  # fmt: skip
     save_grid(sheet_path, rows, captions, ["input", "target"], cell=192)
     write_text(html_path, stats_html(split_dirs))
     log.info("%d caption examples from %d splits", len(rows), len(split_dirs))

@@ -64,6 +64,7 @@ class Captioner(Protocol):
 
     name: str
     model: str
+    endpoint: str  # the URL requests go to, without credentials ("" for a local model)
     counters: Counters
 
     def params(self) -> dict[str, Any]:
@@ -75,7 +76,11 @@ class Captioner(Protocol):
     def close(self) -> None: ...
 
 
-def image_data_url(image: np.ndarray, quality: int = 90) -> str:
+JPEG_QUALITY = 90
+IMAGE_ENCODING = f"jpeg-q{JPEG_QUALITY}"  # how images travel in chat messages (part of the cache key)
+
+
+def image_data_url(image: np.ndarray, quality: int = JPEG_QUALITY) -> str:
     """A ``data:image/jpeg;base64,…`` URL of an RGB uint8 image."""
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="JPEG", quality=quality)

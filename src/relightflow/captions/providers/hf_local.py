@@ -32,13 +32,15 @@ class TransformersCaptioner:
     """Generate lighting descriptions with a local image-text-to-text model."""
 
     name = "transformers"
+    endpoint = ""
 
     def __init__(self, cfg: dict[str, Any], device: str | None = None):
         self.cfg = cfg
         self.model = cfg["model"]
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 200))
-        self.temperature = float(cfg.get("temperature", 0.0))
-        self.max_retries = int(cfg.get("max_retries", 1))
+        self.max_new_tokens = int(cfg["max_new_tokens"])
+        self.temperature = float(cfg["temperature"])
+        self.max_retries = int(cfg["max_retries"])
+        self.seed = int(cfg["seed"])
         self.device = device
         self.processor: Any = None
         self.net: Any = None  # loaded on the first cache miss: a fully cached shard never loads the model
@@ -55,7 +57,8 @@ class TransformersCaptioner:
         self.net = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype).to(self.device).eval()
 
     def params(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        return {**params, "seed": self.seed} if self.temperature > 0 else params  # greedy ignores the seed
 
     def generate_texts(self, images: Sequence[np.ndarray]) -> list[str]:
         """One reply per image (a single batched ``generate``)."""
@@ -72,6 +75,8 @@ class TransformersCaptioner:
             if self.temperature > 0
             else {"do_sample": False}
         )
+        if self.temperature > 0:
+            torch.manual_seed(self.seed)
         with torch.inference_mode():
             out = self.net.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]

@@ -3,8 +3,12 @@
 Requests run with bounded concurrency (a thread pool of ``concurrency`` workers) and a per-request
 timeout. Transient failures — timeouts, connection errors, HTTP 408/409/425/429/5xx, a body that is not
 JSON, a reply that fails validation — are retried with exponential backoff and full jitter (tenacity);
-a 429/503 ``Retry-After`` header sets the wait instead. Other 4xx are not retried. The API key is read
-from the environment variable named in the config and is never logged.
+a 429/503 ``Retry-After`` header sets the wait instead. Other 4xx are not retried.
+
+The API key is read from the environment variable named in the config (``api_key_env``; by default
+``OPENAI_API_KEY`` for api.openai.com only) and, like credentials in the base URL, is sent only over https
+or to a loopback address and never logged (:mod:`relightflow.captions.endpoints`). The ``mistral``
+provider is this client with Mistral's defaults; its seed field is ``random_seed``.
 """
 
 from __future__ import annotations
@@ -27,12 +31,20 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from relightflow.captions.providers.base import CaptionResult, Counters, chat_messages, response_format
+from relightflow.captions.endpoints import check_endpoint, key_env, redact
+from relightflow.captions.providers.base import (
+    IMAGE_ENCODING,
+    CaptionResult,
+    Counters,
+    chat_messages,
+    response_format,
+)
 from relightflow.captions.schema import InvalidResponse, parse_description
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+SEED_FIELD = {"mistral": "random_seed"}  # the request field of the seed, where it is not "seed"
 
 
 class RetryableError(Exception):
@@ -79,37 +91,43 @@ def reply_text(body: Any) -> str:
 class OpenAICaptioner:
     """Chat-completions client with retries, Retry-After handling, timeouts and bounded concurrency."""
 
-    name = "openai"
-
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], name: str = "openai", max_concurrency: int | None = None):
+        endpoint = check_endpoint(cfg)
+        self.name = name
         self.model = cfg["model"]
-        self.base_url = cfg["base_url"].rstrip("/") + "/"
-        self.concurrency = int(cfg.get("concurrency", 8))
-        self.max_retries = int(cfg.get("max_retries", 5))
-        self.backoff_s = float(cfg.get("backoff_s", 1.0))
-        self.max_backoff_s = float(cfg.get("max_backoff_s", 60.0))
-        self.max_retry_after_s = float(cfg.get("max_retry_after_s", 300.0))
-        self.max_tokens = int(cfg.get("max_tokens", 200))
-        self.temperature = float(cfg.get("temperature", 0.2))
-        self.structured = cfg.get("structured", "json_schema")
+        self.endpoint = endpoint.url  # no credentials: part of the cache key and of log lines
+        self.concurrency = min(int(cfg["concurrency"]), int(max_concurrency or cfg["concurrency"]))
+        self.max_retries = int(cfg["max_retries"])
+        self.backoff_s = float(cfg["backoff_s"])
+        self.max_backoff_s = float(cfg["max_backoff_s"])
+        self.max_retry_after_s = float(cfg["max_retry_after_s"])
+        self.max_tokens = int(cfg["max_tokens"])
+        self.temperature = float(cfg["temperature"])
+        self.seed = cfg["seed"]
+        self.structured = cfg["structured"]
         self.counters = Counters()
+        headers = self._auth_headers(key_env(cfg["api_key_env"], endpoint))
+        basic = None if headers or not endpoint.has_credentials else httpx.BasicAuth(endpoint.username, endpoint.password)
         self._client = httpx.Client(
-            base_url=self.base_url,
-            headers=self._auth_headers(cfg.get("api_key_env", "OPENAI_API_KEY")),
-            timeout=httpx.Timeout(float(cfg.get("timeout_s", 60))),
+            base_url=endpoint.url, headers=headers, auth=basic, timeout=httpx.Timeout(float(cfg["timeout_s"])),
             limits=httpx.Limits(max_connections=self.concurrency),
-        )
+        )  # fmt: skip
+        log.info("%s client: %s, model %s, %d requests in flight", name, redact(cfg["base_url"]), self.model,
+                 self.concurrency)  # fmt: skip
 
     @staticmethod
-    def _auth_headers(env_name: str) -> dict[str, str]:
-        key = os.environ.get(env_name, "") if env_name else ""
+    def _auth_headers(env_name: str | None) -> dict[str, str]:
+        if not env_name:
+            return {}
+        key = os.environ.get(env_name, "")
         if not key:
             log.warning("environment variable %s is not set: sending requests without an API key", env_name)
             return {}
         return {"Authorization": f"Bearer {key}"}
 
     def params(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "structured": self.structured}
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "structured": self.structured,
+                "seed": self.seed, "image": IMAGE_ENCODING}  # fmt: skip
 
     def payload(self, image: np.ndarray) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -119,6 +137,8 @@ class OpenAICaptioner:
         fmt = response_format(self.structured)
         if fmt:
             body["response_format"] = fmt
+        if self.seed is not None:
+            body[SEED_FIELD.get(self.name, "seed")] = int(self.seed)
         return body
 
     def _post(self, body: dict[str, Any]) -> str:

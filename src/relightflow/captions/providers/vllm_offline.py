@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from relightflow.captions.providers.base import CaptionResult, Counters, chat_messages, generate_validated
+from relightflow.captions.providers.base import (
+    IMAGE_ENCODING,
+    CaptionResult,
+    Counters,
+    chat_messages,
+    generate_validated,
+)
 from relightflow.captions.schema import json_schema
 
 log = logging.getLogger(__name__)
@@ -37,17 +43,17 @@ def llm_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Arguments of ``vllm.LLM`` from ``captions.vllm``."""
     return {
         "model": cfg["model"],
-        "tensor_parallel_size": int(cfg.get("tensor_parallel_size") or visible_gpu_count()),
-        "max_model_len": int(cfg.get("max_model_len", 8192)),
-        "gpu_memory_utilization": float(cfg.get("gpu_memory_utilization", 0.9)),
+        "tensor_parallel_size": int(cfg["tensor_parallel_size"] or visible_gpu_count()),
+        "max_model_len": int(cfg["max_model_len"]),
+        "gpu_memory_utilization": float(cfg["gpu_memory_utilization"]),
         "limit_mm_per_prompt": {"image": 1},
-        "seed": int(cfg.get("seed", 0)),
+        "seed": int(cfg["seed"]),
     }
 
 
 def sampling_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Arguments of ``vllm.SamplingParams`` (structured output added by :func:`load_llm` when available)."""
-    return {"temperature": float(cfg.get("temperature", 0.2)), "max_tokens": int(cfg.get("max_tokens", 200))}
+    return {"temperature": float(cfg["temperature"]), "max_tokens": int(cfg["max_tokens"])}
 
 
 def load_llm(cfg: dict[str, Any]) -> tuple[Any, Any]:
@@ -56,7 +62,7 @@ def load_llm(cfg: dict[str, Any]) -> tuple[Any, Any]:
     from vllm import LLM, SamplingParams
 
     kwargs = sampling_kwargs(cfg)
-    if cfg.get("structured", True):
+    if cfg["structured"]:
         try:
             from vllm.sampling_params import StructuredOutputsParams
 
@@ -72,16 +78,18 @@ class VLLMCaptioner:
     """Batched ``LLM.chat`` with validation; invalid replies are re-asked up to ``max_retries`` times."""
 
     name = "vllm"
+    endpoint = ""
 
     def __init__(self, cfg: dict[str, Any], llm: Any = None, sampling_params: Any = None):
         self.cfg = cfg
         self.model = cfg["model"]
-        self.max_retries = int(cfg.get("max_retries", 2))
+        self.max_retries = int(cfg["max_retries"])
         self.counters = Counters()
         self.llm, self.sampling_params = llm, sampling_params  # loaded on the first cache miss
 
     def params(self) -> dict[str, Any]:
-        return {**sampling_kwargs(self.cfg), "structured": bool(self.cfg.get("structured", True))}
+        return {**sampling_kwargs(self.cfg), "structured": bool(self.cfg["structured"]), "seed": int(self.cfg["seed"]),
+                "image": IMAGE_ENCODING}  # fmt: skip
 
     def describe(self, images: Sequence[np.ndarray]) -> list[CaptionResult]:
         if self.llm is None:
