@@ -148,14 +148,14 @@ def main() -> None:
     for column in COLUMNS:
         print(f"\n{column} percentiles {PERCENTILES}:\n{dist[column].to_string()}")
     print(f"\nshare of variants dropped by the default bounds:\n{drops.to_string()}")
-    kept = frame[frame["kind"].isin(KINDS)]
-    print("\nlowest delta_e_in per kind (nearest the 'too little change' bound):")
-    print(kept.sort_values("delta_e_in").groupby("kind").head(2)[["image", "kind", "seed", "pattern", *COLUMNS]]
-          .to_string(index=False))  # fmt: skip
-    print("\nmost clipped per kind:")
-    print(kept.sort_values("clipped_in", ascending=False).groupby("kind").head(2)[
-        ["image", "kind", "seed", *COLUMNS]].to_string(index=False))  # fmt: skip
-    n_variants = len(kept)
+    pairs = frame[frame["kind"].isin(KINDS)]
+    for column, ascending, title in (("delta_e_in", True, "lowest mean ΔE2000"), ("clipped_in", False, "most clipped"),
+                                     ("ssim_in", True, "lowest SSIM")):  # fmt: skip
+        near = pairs.sort_values(column, ascending=ascending).drop_duplicates(["kind", "image"])
+        print(f"\n{title} per kind (three images each; * = dropped):")
+        near = near.groupby("kind").head(3).sort_values(["kind", column], ascending=[True, ascending]).assign(dropped=lambda f: f["reason"].map(lambda r: "*" if r else ""))
+        print(near[["kind", "image", "seed", "pattern", *COLUMNS, "dropped"]].to_string(index=False))
+    n_variants = len(pairs)
     per_image = {"measure_s": cost["measure"] / cost["images"], "albedo_and_degrade_s": cost["pairs"] / cost["images"],
                  "variants_per_image": n_variants / cost["images"]}  # fmt: skip
     per_image["ratio"] = per_image["measure_s"] / per_image["albedo_and_degrade_s"]

@@ -17,7 +17,7 @@ from relightflow.manifest import read_table, write_table
 from relightflow.pairs import run as pairs_run
 from relightflow.pairs.degrade import KINDS
 from relightflow.pairs.filters import feather
-from relightflow.pairs.quality import COLUMNS, TOO_LITTLE, WRECKED, gate_reason, measure_change
+from relightflow.pairs.quality import BOUND_KEYS, COLUMNS, TOO_LITTLE, WRECKED, gate_reason, measure_change
 from relightflow.pairs.run import PAIR_COLUMNS, DegradeStage
 from relightflow.shards import ShardOutputs, reason_key, run_shard
 from relightflow.testing import Scene, render_scene
@@ -104,8 +104,20 @@ def test_inverted_structure_is_wrecked(disc):
 def test_bounds_cover_every_kind():
     assert set(BOUNDS) == set(KINDS)
     for bounds in BOUNDS.values():
-        assert set(bounds) == {"min_delta_e", "min_ssim", "max_clipped"}
+        assert set(bounds) == set(BOUND_KEYS)
     assert set(COLUMNS) <= set(PAIR_COLUMNS)
+
+
+@pytest.mark.parametrize("shape", [(40, 1000), (8, 200)])
+def test_thin_images_are_measured(shape):
+    """A panorama is measured with its shorter side at 16 px (an SSIM window fits); an image thinner than
+    the window gets no SSIM (NaN passes the gate) but still its ΔE."""
+    target = _grey(np.full(shape, 50.0))
+    change = measure_change(_grey(np.full(shape, 60.0)), target, side=128)
+    assert change["delta_e_in"] > 9
+    assert math.isnan(change["ssim_in"]) == (shape[0] < 11)
+    with pytest.raises(ValueError, match="its target"):
+        measure_change(target[:, :-1], target)
 
 
 # ---------------------------------------------------------------- through the degrade stage

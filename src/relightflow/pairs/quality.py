@@ -34,16 +34,28 @@ TOO_LITTLE = "too little change"
 WRECKED = "subject wrecked"
 CRUSHED_L, BLOWN_L = 2.0, 98.0  # L* below / above which a pixel holds no detail
 SSIM_SIGMA = 1.5
+SSIM_WINDOW = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1  # scikit-image's Gaussian window for that sigma (11 px)
+MIN_SIDE = 16  # the shorter side is measured at no less (an SSIM window fits)
 MIN_WEIGHT = 1.0  # a region with less total mask weight (pixels at ``side``) is not measured: NaN
 
 
 def _small(image: np.ndarray, side: int) -> np.ndarray:
-    """Area-downscale so the longer side is at most ``side`` (never upscale)."""
+    """Area-downscale so the longer side is at most ``side``, the shorter at least :data:`MIN_SIDE` (never
+    upscale)."""
     h, w = image.shape[:2]
-    scale = side / max(h, w)
+    scale = min(1.0, max(side / max(h, w), MIN_SIDE / min(h, w)))
     if scale >= 1:
         return image
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM of two L* planes (NaN where the image is smaller than the Gaussian window)."""
+    if min(a.shape) < SSIM_WINDOW:
+        return np.full(a.shape, np.nan, np.float32)
+    _, full = structural_similarity(a, b, data_range=100.0, gaussian_weights=True, sigma=SSIM_SIGMA,
+                                    use_sample_covariance=False, full=True)  # fmt: skip
+    return full
 
 
 def to_lab(image: np.ndarray) -> np.ndarray:
@@ -70,6 +82,8 @@ class Reference:
     subject: np.ndarray  # inside > 0.5
     clipped: np.ndarray  # target pixels already without detail
     has_mask: bool
+    shape: tuple[int, int]  # the target's own size
+    side: int  # measuring size
 
 
 def prepare(target: np.ndarray, mask: np.ndarray | None = None, side: int = 128) -> Reference:
@@ -77,19 +91,16 @@ def prepare(target: np.ndarray, mask: np.ndarray | None = None, side: int = 128)
     lab = to_lab(_small(target, side))
     inside = soft_mask(mask, target.shape) if mask is not None else np.ones(target.shape[:2], np.float32)
     inside = _small(inside, side)
-    return Reference(lab, inside, inside > 0.5, _clipped(lab[..., 0]), mask is not None)
+    return Reference(lab, inside, inside > 0.5, _clipped(lab[..., 0]), mask is not None, target.shape[:2], side)
 
 
 def measure(degraded: np.ndarray, ref: Reference) -> dict[str, float]:
-    """The :data:`COLUMNS` of one degraded input (same size as the target) against ``ref``."""
-    lab = to_lab(_small(degraded, max(ref.lab.shape[:2])))
-    if lab.shape != ref.lab.shape:
-        raise ValueError(f"degraded image measures {lab.shape[:2]}, its target {ref.lab.shape[:2]}")
+    """The :data:`COLUMNS` of one degraded input (the target's size) against ``ref``."""
+    if degraded.shape[:2] != ref.shape:
+        raise ValueError(f"degraded image is {degraded.shape[:2]}, its target {ref.shape}")
+    lab = to_lab(_small(degraded, ref.side))
     delta_e = deltaE_ciede2000(ref.lab, lab, channel_axis=-1)
-    _, ssim_map = structural_similarity(
-        ref.lab[..., 0], lab[..., 0], data_range=100.0, gaussian_weights=True, sigma=SSIM_SIGMA,
-        use_sample_covariance=False, full=True,
-    )  # fmt: skip
+    ssim_map = _ssim_map(ref.lab[..., 0], lab[..., 0])
     outside = (1.0 - ref.inside) if ref.has_mask else np.zeros_like(ref.inside)
     lost = _clipped(lab[..., 0]) & ~ref.clipped
     n_subject = int(ref.subject.sum())
