@@ -262,7 +262,8 @@ def pair_image(
 
 class DegradeStage(ShardStage):
     """Albedo and degraded variants of every segmented image of a shard, ``threads`` images at a time
-    (OpenCV and numpy release the GIL); a contact sheet of the first images for visual QA."""
+    (OpenCV and numpy release the GIL), each variant through the quality gate (``cfg['quality']``); a
+    contact sheet of the first images for visual QA."""
 
     name = "degrade"
     columns = PAIR_COLUMNS
