@@ -1,7 +1,8 @@
 # Evaluate: relight the test split with the trained model (and configured baseline models), score every
 # prediction against the real target (PSNR, SSIM, LPIPS when local), re-measure its lighting against the
 # instruction, and draw comparison grids. Then the report extras: caption examples of the exported
-# dataset and the per-rule runtimes table built from every job's `benchmark:` file.
+# dataset, the survival table (images in -> kept, stage by stage, and the pairs' measured change per
+# degradation kind) and the per-rule runtimes table built from every job's `benchmark:` file.
 
 EVALUATE = config["evaluate"]
 EVAL_SPLIT = EVALUATE["split"]
@@ -99,9 +100,53 @@ rule runtimes:
         "../workflow_scripts/runtimes.py"
 
 
+SURVIVAL_OUTPUTS = {
+    "html": f"{RESULTS}/survival/survival.html",
+    "plot": f"{RESULTS}/survival/survival.png",
+    "changes": f"{RESULTS}/survival/pair_changes.png",
+    "table": f"{RESULTS}/survival/survival.parquet",
+}
+# the stats of each enabled stage: gathered summaries, and the per-shard lighting scores (no gather of their own)
+SURVIVAL_STATS = {
+    "ingest": [f"{RESULTS}/ingest/stats.json"],
+    "filter": [*expand(f"{RESULTS}/filter/stats/{{shard}}.json", shard=SHARDS), f"{RESULTS}/filter/stats.json"],
+    "pairs": [f"{RESULTS}/pairs/stats.json"],
+    "captions": [f"{RESULTS}/captions/stats.json"],
+    "dataset": [f"{RESULTS}/dataset/stats.json"],
+}
+
+
+rule survival:
+    input:
+        stats=[path for stage in STAGES for path in SURVIVAL_STATS.get(stage, [])],
+        manifests=expand(f"{RESULTS}/pairs/manifests/{{shard}}.parquet", shard=SHARDS) if "pairs" in STAGES else [],
+    output:
+        html=report(SURVIVAL_OUTPUTS["html"], category="9. Survival", caption="../report/survival.rst"),
+        plot=report(SURVIVAL_OUTPUTS["plot"], category="9. Survival", caption="../report/survival.rst"),
+        changes=report(
+            SURVIVAL_OUTPUTS["changes"], category="3. Pairs", subcategory="quality gate",
+            caption="../report/pairs_changes.rst",
+        ),
+        table=SURVIVAL_OUTPUTS["table"],
+    params:
+        bounds=config["pairs"]["quality"]["bounds"],
+    log:
+        f"{RESULTS}/logs/survival.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/survival.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/base.yaml"
+    script:
+        "../workflow_scripts/survival.py"
+
+
 TARGETS["evaluate"] = [
     f"{EVAL_DIR}/metrics.json",
     f"{EVAL_DIR}/grid.png",
     f"{EVAL_DIR}/caption_examples.png",
+    *SURVIVAL_OUTPUTS.values(),
     *RUNTIME_OUTPUTS.values(),
 ]

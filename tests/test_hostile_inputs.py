@@ -84,7 +84,8 @@ def test_filter_stage(corpus, manifest, tmp_path) -> None:
 
 
 def test_pairs_stages(corpus, manifest, tmp_path) -> None:
-    cfg = section("pairs", segmenter="none", max_side=96, degradations=[{"kind": "color_cast"}])
+    cfg = section("pairs", segmenter="none", max_side=96, degradations=[{"kind": "color_cast"}],
+                  quality={"enabled": False})  # only the files decide here (the gate: test_pairs_quality.py)
     seg, rejects, stats = _run(SegmentStage(manifest, cfg, tmp_path / "cache", tmp_path / "masks"), tmp_path / "seg")
     _check(corpus, seg, rejects, stats)
     # degrade gets every file too, each with a valid mask: it must reject the bad ones itself

@@ -29,7 +29,7 @@ def _cfg(**overrides):
     base = {
         "segmenter": "classical", "feather_px": 2, "max_side": 160,
         "degradations": [{"kind": k, "weight": 1} for k in ("soft_shading", "cast_shadow", "color_cast", "low_key")],
-        "variants": 2,
+        "variants": 2, "quality": {"enabled": False},  # the gate has its own tests: test_pairs_quality.py
     }  # fmt: skip
     return section("pairs", base | overrides)
 

@@ -235,7 +235,7 @@ def _summary(scores, selected, unselected, cfg, seed) -> dict[str, Any]:
         "reasons": stage.reasons, "cut_score": float(selected["lighting_score"].min()) if len(selected) else None,
         "splits": {s: {"n": len(v), "mean_score": round(float(v.mean()), 4) if len(v) else None} for s, v in split_scores.items()},
         "config": {k: cfg[k] for k in ("num_images", "threshold", "top_fraction", "min_side", "splits", "dedup")},
-        "seed": seed,
+        "seed": seed, "stages": {"select": stage.to_dict()},
     }  # fmt: skip
 
 

@@ -19,22 +19,24 @@ import cv2
 import numpy as np
 
 from relightflow.digests import file_digest, json_digest, model_identity
-from relightflow.errors import EnvironmentFailure
+from relightflow.errors import BadInput, EnvironmentFailure
 from relightflow.images import ImageError, image_rng, image_seed, load_mask, load_rgb, save_image
 from relightflow.manifest import read_json, write_json
 from relightflow.pairs.albedo import AlbedoEstimator
 from relightflow.pairs.contact import thumbnail, write_contact_sheet
 from relightflow.pairs.degrade import choose_kind, degrade
 from relightflow.pairs.filters import feather
+from relightflow.pairs.quality import COLUMNS as QUALITY_COLUMNS
+from relightflow.pairs.quality import TOO_LITTLE, gate_reason, measure, prepare
 from relightflow.pairs.segment import Segmentation, Segmenter, build_segmenter, clean_mask
-from relightflow.shards import Outcome, ShardStage, Stats
+from relightflow.shards import Outcome, ShardStage, Stats, reason_key
 
 log = logging.getLogger(__name__)
 
 SEGMENT_COLUMNS = ["image_id", "path", "mask_path", "mask_area", "mask_score", "segmenter", "prompt", "split"]
 PAIR_COLUMNS = [
     "image_id", "variant", "input_path", "target_path", "mask_path", "albedo_path", "degradation",
-    "degradation_params", "seed", "split", "path", "albedo_method", "background",
+    "degradation_params", "seed", "split", "path", "albedo_method", "background", *QUALITY_COLUMNS,
 ]  # fmt: skip
 CACHE_VERSION = 2
 THUMB = 192  # contact-sheet tile size (px)
@@ -169,45 +171,99 @@ def load_soft_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 @dataclass
+class Variant:
+    """One degraded variant, its measured change from the target and the gate's reason to drop it ('')."""
+
+    variant: int
+    kind: str
+    seed: int
+    image: np.ndarray
+    params: dict[str, Any]
+    change: dict[str, float]
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.reason:
+            return f"v{self.variant} {self.kind} DROP {'small' if reason_key(self.reason) == TOO_LITTLE else 'wreck'}"
+        return f"v{self.variant} {self.kind} {self.params.get('occluder', {}).get('pattern', '')}".strip()
+
+
+@dataclass
 class PairResult:
+    """One image's kept rows, its contact-sheet thumbnails and the variants the quality gate dropped
+    (``(kind, reason)``); ``reject`` is set when no variant is left."""
+
     rows: list[dict[str, Any]]
     thumbs: list[tuple[str, np.ndarray]]
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    reject: str | None = None
+
+
+def make_variants(
+    image_id: str, image: np.ndarray, alb: np.ndarray, mask: np.ndarray, cfg: dict[str, Any], seed: int
+) -> list[Variant]:
+    """``cfg['variants']`` seeded degradations of the albedo, each measured against ``image`` and gated."""
+    gate = cfg["quality"]
+    ref = prepare(image, mask, gate["side"])
+    variants = []
+    for variant in range(cfg["variants"]):
+        kind = choose_kind(image_rng(seed, image_id, "pairs", variant, "kind"), cfg["degradations"])
+        vseed = image_seed(seed, image_id, "pairs", variant)
+        out, params = degrade(alb, kind, vseed, mask, background=cfg["background"], backdrop=image)
+        change = measure(out, ref)
+        reason = gate_reason(change, kind, gate["bounds"]) if gate["enabled"] else ""
+        variants.append(Variant(variant, kind, vseed, out, params, change, reason))
+    return variants
+
+
+def gate_reject(dropped: list[Variant]) -> str:
+    """Reject reason of an image whose every variant failed the gate: the common failure class (else
+    'failed the quality gate') before the colon, then each variant's reason."""
+    classes = {reason_key(v.reason) for v in dropped}
+    key = classes.pop() if len(classes) == 1 else "failed the quality gate"
+    details = "; ".join(f"v{v.variant} {v.kind} {v.reason}" for v in dropped)
+    return f"{key}: every variant failed the quality gate ({details})"
 
 
 def pair_image(
     row: dict[str, Any], cfg: dict[str, Any], albedo: AlbedoEstimator, seed: int, images_dir: Path
 ) -> PairResult:
-    """Albedo + ``cfg['variants']`` degraded variants of one segmented image; files written, rows returned."""
+    """Albedo + ``cfg['variants']`` degraded variants of one segmented image, each measured against the
+    target (:mod:`relightflow.pairs.quality`) and dropped when outside its kind's bounds. Files are written
+    for kept variants only, and none when no variant is kept (the result's ``reject`` says why)."""
     image_id, ext = str(row["image_id"]), cfg["image_format"]
     image = load_rgb(row["path"], max_side=cfg["max_side"])
     mask = load_soft_mask(row["mask_path"], image.shape)
     alb = albedo(image, mask)
+    variants = make_variants(image_id, image, alb, mask, cfg, seed)
+    thumbs = [(name, thumbnail(x, THUMB)) for name, x in (("original", image), ("mask", mask), ("albedo", alb))]
+    thumbs += [(v.label, thumbnail(v.image, THUMB)) for v in variants]
+    kept, dropped = [v for v in variants if not v.reason], [v for v in variants if v.reason]
+    drops = [(v.kind, v.reason) for v in dropped]
+    if not kept:
+        return PairResult([], thumbs, drops, reject=gate_reject(dropped))
     target_path, albedo_path = images_dir / f"{image_id}_target.{ext}", images_dir / f"{image_id}_albedo.{ext}"
     save_image(target_path, image)
     save_image(albedo_path, alb)
-    thumbs = [(name, thumbnail(x, THUMB)) for name, x in (("original", image), ("mask", mask), ("albedo", alb))]
     rows = []
-    for variant in range(cfg["variants"]):
-        kind = choose_kind(image_rng(seed, image_id, "pairs", variant, "kind"), cfg["degradations"])
-        vseed = image_seed(seed, image_id, "pairs", variant)
-        out, params = degrade(alb, kind, vseed, mask, background=cfg["background"], backdrop=image)
-        input_path = images_dir / f"{image_id}_v{variant}.{ext}"
-        save_image(input_path, out)
-        label = f"v{variant} {kind} {params.get('occluder', {}).get('pattern', '')}".strip()
-        thumbs.append((label, thumbnail(out, THUMB)))
+    for v in kept:
+        input_path = images_dir / f"{image_id}_v{v.variant}.{ext}"
+        save_image(input_path, v.image)
         rows.append({
-            "image_id": image_id, "variant": variant, "input_path": str(input_path),
+            "image_id": image_id, "variant": v.variant, "input_path": str(input_path),
             "target_path": str(target_path), "mask_path": row["mask_path"], "albedo_path": str(albedo_path),
-            "degradation": kind, "degradation_params": json.dumps(params, sort_keys=True), "seed": vseed,
+            "degradation": v.kind, "degradation_params": json.dumps(v.params, sort_keys=True), "seed": v.seed,
             "split": row.get("split"), "path": row["path"], "albedo_method": albedo.method,
-            "background": params["background"],
+            "background": v.params["background"], **v.change,
         })  # fmt: skip
-    return PairResult(rows, thumbs)
+    return PairResult(rows, thumbs, drops)
 
 
 class DegradeStage(ShardStage):
     """Albedo and degraded variants of every segmented image of a shard, ``threads`` images at a time
-    (OpenCV and numpy release the GIL); a contact sheet of the first images for visual QA."""
+    (OpenCV and numpy release the GIL), each variant through the quality gate (``cfg['quality']``); a
+    contact sheet of the first images for visual QA."""
 
     name = "degrade"
     columns = PAIR_COLUMNS
@@ -217,6 +273,7 @@ class DegradeStage(ShardStage):
         super().__init__(segments)
         self.cfg, self.seed, self.images_dir, self.contact_path = cfg, seed, Path(images_dir), contact_path
         self.threads, self.thumbs, self.sheet = max(1, int(threads)), {}, []
+        self.dropped: dict[str, list[tuple[str, str]]] = {}
         self.lock = threading.Lock()
 
     def open(self) -> None:
@@ -238,21 +295,33 @@ class DegradeStage(ShardStage):
         result = pair_image(row, self.cfg, self.albedo, self.seed, self.images_dir)
         with self.lock:
             self.thumbs[str(row["image_id"])] = result.thumbs
+            self.dropped[str(row["image_id"])] = result.dropped
+        if result.reject:
+            raise BadInput(result.reject)
         return result.rows
 
     def process_batch(self, items: list[dict[str, Any]]) -> list[Outcome]:
         return list(self.pool.map(self.process_one, items))
 
     def observe(self, outcome: Outcome, stats: Stats) -> None:
+        """Counts: ``kinds`` (kept pairs per kind), ``variants`` (measured by the gate) and ``dropped``
+        (variants the gate dropped, per reason class and kind): variants = rows + every dropped."""
         thumbs = self.thumbs.pop(outcome.image_id, None)
         if thumbs and outcome.reject is None and len(self.sheet) < CONTACT_ROWS:
             self.sheet.append(thumbs)
+        kinds = stats.counts.setdefault("kinds", {})
         for row in outcome.rows:
-            stats.counts.setdefault("kinds", {})
-            stats.counts["kinds"][row["degradation"]] = stats.counts["kinds"].get(row["degradation"], 0) + 1
+            kinds[row["degradation"]] = kinds.get(row["degradation"], 0) + 1
+        dropped = self.dropped.pop(outcome.image_id, [])
+        stats.count("variants", len(outcome.rows) + len(dropped))
+        by_reason = stats.counts.setdefault("dropped", {})
+        for kind, reason in dropped:
+            per_kind = by_reason.setdefault(reason_key(reason), {})
+            per_kind[kind] = per_kind.get(kind, 0) + 1
 
     def finish(self, stats: Stats, rows: list[dict[str, Any]]) -> None:
         write_contact_sheet(self.contact_path, self.sheet, THUMB)
 
     def info(self) -> dict[str, Any]:
-        return {"albedo": self.albedo.describe(), "variants": self.cfg["variants"]}
+        cfg = self.cfg
+        return {"albedo": self.albedo.describe(), "variants": cfg["variants"], "quality": cfg["quality"]}
