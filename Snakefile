@@ -4,6 +4,7 @@ import os
 
 from snakemake.utils import min_version
 
+from relightflow import cluster
 from relightflow.config import validate
 
 min_version("9.0")
@@ -27,6 +28,13 @@ include: "rules/captions.smk"
 include: "rules/dataset.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+
+
+# Under profiles/slurm every job must fit one node of the partition (relightflow.cluster, docs/cluster.md):
+# a request above it (memory, GPUs, cpus_per_task, runtime) fails here, naming the rule and the resource,
+# before anything is submitted, instead of pending in Slurm forever; retries that grow past it fail too.
+onstart:
+    cluster.enforce(workflow)
 
 
 localrules:

@@ -1,6 +1,5 @@
 # Shared declarations: the shard list (computed when the workflow is parsed, from a cached listing of the
 # input), path helpers and the final targets. No stage logic here: it lives in the relightflow package.
-from relightflow import cluster
 from relightflow import workflow as rfw
 
 RESULTS = "results"
@@ -23,7 +22,7 @@ TARGETS = {}
 
 
 def all_targets(wildcards):
-    """What `rule all` builds: the targets of the enabled stages (callables are evaluated)."""
+    """The targets of the enabled stages (callables are evaluated), all that the `all` rule builds."""
     return fixed_targets(wildcards) + per_shard_targets(wildcards)
 
 
@@ -66,10 +65,3 @@ def train_inputs(wildcards):
     if config["dataset"]["cache_latents"] and config["train"]["model"] != "flux-kontext":
         inputs["latents"] = f"{RESULTS}/dataset/latents/train"
     return inputs
-
-
-# Under profiles/slurm every job must fit one node of the partition (relightflow.cluster, docs/cluster.md):
-# a request above it (memory, GPUs, cpus_per_task, runtime) fails here, naming the rule and the resource,
-# before anything is submitted, instead of pending in Slurm forever; retries that grow past it fail too.
-onstart:
-    cluster.enforce(workflow)
