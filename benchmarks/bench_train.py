@@ -33,22 +33,19 @@ def time_export(root: Path, images: int, size: int, resolution: int) -> tuple[Pa
 
 
 def time_steps(cfg, paths, steps: int) -> float:
-    """Images per second of full optimizer steps (forward, backward, AdamW), after 2 warm-up steps."""
-    from relightflow.train.ip2p import Trainer
+    """Images per second of full optimizer steps (forward, backward, AdamW, EMA), after 2 warm-up steps."""
+    from relightflow.train.launch import trainer_for
 
-    trainer = Trainer(cfg, paths)
+    trainer = trainer_for(cfg, paths)
     trainer.setup()
-    acc, done, t0 = trainer.accelerator, 0, 0.0
+    done, t0 = 0, 0.0
     while done < steps + 2:
         for batch in trainer.loader:
             if done == 2:
                 t0 = time.perf_counter()
-            loss = trainer.loss(batch)
-            acc.backward(loss)
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer._micro_step(batch)
             if trainer.ema is not None:
-                trainer.ema.step(trainer.unet.parameters())
+                trainer.ema.step(trainer.params)
             done += 1
             if done >= steps + 2:
                 break

@@ -1,6 +1,7 @@
-# Train: `accelerate launch` on the exported train split (or its cached latents), one process per GPU of
-# the job (`--cpu` when train.gpus is 0). Checkpoints live in results/train/checkpoints, outside the rule's
-# outputs, so a killed job that is rerun resumes from the latest one instead of starting over.
+# Train on the exported train split (or its cached latents): in the job's process with 0 or 1 GPU,
+# `accelerate launch` with one process per GPU above that. Checkpoints live in results/train/checkpoints,
+# outside the rule's outputs: a rerun resumes from the newest one of the same run (same settings, base
+# model and data) and deletes the others, so a killed job continues and a changed one starts over.
 
 TRAIN = config["train"]
 

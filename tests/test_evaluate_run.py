@@ -106,9 +106,14 @@ def test_seeded_predictions_and_baseline_model(assets: dict[str, Path], tmp_path
         np.testing.assert_array_equal(
             load_rgb(path), load_rgb(tmp_path / "b" / "predictions" / "model" / path.name)
         )
-    # the baseline (same weights, its own seed stream) is a separate system with its own files
+    # the baseline is a separate system with its own files; every system draws the same noise for an
+    # image, so the same weights give the same pixels (models are compared under equal noise)
     base = load_rgb(tmp_path / "a" / "predictions" / "base2" / first[0].name)
-    assert not np.array_equal(base, load_rgb(first[0]))
+    np.testing.assert_array_equal(base, load_rgb(first[0]))
+    c = evaluate_split(assets["split"], assets["model"], _outputs(tmp_path / "c"), {**CFG, "num_images": 2}, 8, "cpu")
+    assert c["seed"] == 8 and not np.array_equal(
+        load_rgb(first[0]), load_rgb(tmp_path / "c" / "predictions" / "model" / first[0].name)
+    )  # another seed, other noise
 
 
 def test_runtimes_from_benchmark_files(tmp_path: Path, monkeypatch) -> None:
@@ -183,19 +188,16 @@ def test_flux_kontext_pipeline_and_lora_folder(assets: dict[str, Path], tmp_path
     """A full Kontext pipeline folder and a LoRA folder (as the Flux trainer writes it) both evaluate."""
     from peft import LoraConfig
 
-    from relightflow.manifest import write_json
+    from relightflow.inference import LORA_WEIGHTS, pipeline_settings, write_settings
     from relightflow.testing.tiny_flux import build_tiny_flux_kontext, save_tiny_flux_kontext
-    from relightflow.train import flux_kontext as fk
+    from relightflow.train.flux_kontext import save_lora
 
     base = save_tiny_flux_kontext(tmp_path / "kontext")
-    transformer = build_tiny_flux_kontext().transformer
-    target_modules = ["to_q", "to_k", "to_v"]
-    transformer.add_adapter(
-        LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=target_modules)
-    )
-    fk.save_lora(tmp_path / "lora", transformer)
-    write_json(tmp_path / "lora" / fk.MODEL_INFO, {"kind": fk.KIND, "base_model": str(base),
-                                                   "lora_weights": fk.LORA_WEIGHTS, "resolution": 64})  # fmt: skip
+    pipe = build_tiny_flux_kontext()
+    pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=["to_q", "to_k"]))
+    save_lora(tmp_path / "lora", pipe.transformer)
+    write_settings(tmp_path / "lora", pipeline_settings(pipe, base_model=str(base), lora_weights=LORA_WEIGHTS,
+                                                        num_inference_steps=2, resolution=64))  # fmt: skip
     cfg = {**CFG, "num_images": 1, "guidance_scale": 2.5}
     for name, model in (("full", base), ("lora", tmp_path / "lora")):
         summary = evaluate_split(assets["split"], model, _outputs(tmp_path / name), cfg, seed=7, device="cpu")

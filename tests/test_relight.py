@@ -1,9 +1,7 @@
-"""``relightflow relight``: sizes, folder and manifest modes, broken inputs, Flux LoRA dispatch."""
+"""``relightflow relight``: folder and manifest modes, broken inputs, sizes back at the input's."""
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from relightflow import cli, relight
+from relightflow import cli, inference, relight
 from relightflow.images import save_image
 from relightflow.testing.tiny_sd import save_tiny_pipeline
 
@@ -21,12 +19,6 @@ from relightflow.testing.tiny_sd import save_tiny_pipeline
 def model(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     return save_tiny_pipeline(tmp_path_factory.mktemp("m") / "ip2p", "sd15", 64)
-
-
-def test_model_size_keeps_aspect_in_multiples_of_8() -> None:
-    assert relight.model_size(1024, 768, 512) == (680, 512)
-    assert relight.model_size(50, 70, None) == (48, 72)
-    assert relight.model_size(30, 300, 64) == (64, 640)
 
 
 def test_relight_folder_via_cli(model: Path, tmp_path: Path) -> None:
@@ -52,33 +44,8 @@ def test_relight_manifest(model: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "m.parquet"
     pd.DataFrame({"image_id": ["x", "y"], "input_path": [str(tmp_path / "x.png"), str(tmp_path / "missing.png")],
                   "instruction": ["cool light from above", "soft light"]}).to_parquet(manifest)  # fmt: skip
-    settings = relight.RelightSettings(num_inference_steps=2, resolution=64, keep_model_size=True)
-    results = relight.relight_manifest(model, manifest, tmp_path / "out", settings=settings, device="cpu")
+    relighter = inference.load(model, "cpu", {"num_inference_steps": 2, "resolution": 32}, keep_model_size=True)
+    results = relight.relight_manifest(relighter, manifest, tmp_path / "out")
     assert [r["error"] is None for r in results] == [True, False]
-    assert Image.open(tmp_path / "out" / "x_0.png").size == (64, 64)
+    assert Image.open(tmp_path / "out" / "x_0.png").size == (32, 32)  # the model's size, kept
     assert len(pd.read_csv(tmp_path / "out" / "relit.csv")) == 2
-
-
-def test_flux_lora_folder_goes_to_the_flux_loader(tmp_path: Path, monkeypatch) -> None:
-    lora = tmp_path / "flux"
-    lora.mkdir()
-    (lora / "relightflow_model.json").write_text('{"kind": "flux-kontext-lora"}')
-    calls = []
-
-    def fake_relight(image, prompt, num_inference_steps, guidance_scale, seed, resolution):
-        calls.append((prompt, num_inference_steps, resolution))
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-    fake = types.ModuleType("relightflow.train.flux_kontext")
-    fake.is_flux_kontext_model = lambda d: Path(d) == lora
-    fake.load_relighter = lambda d, device, dtype: fake_relight
-    monkeypatch.setitem(sys.modules, "relightflow.train.flux_kontext", fake)
-    assert relight.is_flux_lora(lora) and not relight.is_flux_lora(tmp_path)
-    save_image(tmp_path / "in.png", np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
-    results = relight.relight(
-        lora, tmp_path / "in.png", "light from the left", tmp_path / "out", device="cpu"
-    )
-    assert results[0]["error"] is None and calls == [("light from the left", 20, 512)]
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(tmp_path / "out" / "in.png")), np.arange(48).reshape(4, 4, 3)[:, ::-1]
-    )

@@ -9,7 +9,8 @@ import torch
 
 from relightflow.testing.tiny_sd import export_fixture_split, overfit_config, save_tiny_pipeline
 from relightflow.train.config import TrainPaths
-from relightflow.train.ip2p import sdxl_time_ids, train
+from relightflow.train.ip2p import sdxl_time_ids
+from relightflow.train.launch import train
 
 RES = 64
 
@@ -31,7 +32,8 @@ def test_sdxl_overfits_and_saves_a_loadable_pipeline(tmp_path) -> None:
         train_data=str(data), output_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work")
     )
     cfg = overfit_config(
-        base, "sdxl", RES, conditioning_dropout_prob=0.05, use_ema=False, num_validation_images=1
+        base, "sdxl", RES, conditioning_dropout_prob=0.05, use_ema=False, num_validation_images=1,
+        validation_loss_samples=0,
     )
     out = train(cfg, paths)
 

@@ -10,20 +10,22 @@ from typing import Any
 
 
 def _relight(args: argparse.Namespace) -> int:
-    from relightflow.relight import RelightSettings, relight, relight_manifest
+    from relightflow.inference import load
+    from relightflow.relight import relight, relight_manifest
 
-    settings = RelightSettings(
-        num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        image_guidance_scale=args.image_guidance_scale, seed=args.seed,
-        resolution=args.resolution or None, keep_model_size=args.keep_model_size,
-    )  # fmt: skip
-    common = dict(settings=settings, device=args.device, precision=args.precision)
-    if args.manifest:
-        results = relight_manifest(args.model, args.manifest, args.output, **common)
-    elif args.input and args.prompt:
-        results = relight(args.model, args.input, args.prompt, args.output, **common)
-    else:
+    if not args.manifest and not (args.input and args.prompt):
         raise SystemExit("relight needs --input and --prompt, or --manifest")
+    overrides = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                     image_guidance_scale=args.image_guidance_scale, resolution=args.resolution or None,
+                     precision=args.precision)  # fmt: skip
+    relighter = load(args.model, args.device, overrides, seed=args.seed, keep_model_size=args.keep_model_size,
+                     base_model=args.base_model, fp8=args.fp8, cpu_offload=args.cpu_offload)  # fmt: skip
+    if args.resolution == 0:  # the input's own size
+        relighter.settings = relighter.settings.model_copy(update={"resolution": None})
+    if args.manifest:
+        results = relight_manifest(relighter, args.manifest, args.output)
+    else:
+        results = relight(relighter, args.input, args.prompt, args.output)
     failed = [r for r in results if r["error"]]
     print(f"relit {len(results) - len(failed)} image(s) into {args.output}; {len(failed)} failed")
     return 1 if failed and len(failed) == len(results) else 0
@@ -87,16 +89,23 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", help="the lighting instruction")
     r.add_argument("--manifest", help="Parquet/CSV with input_path|path and instruction|edit_prompt columns")
     r.add_argument("--output", default="relit", help="output folder (default: relit)")
-    r.add_argument("--steps", type=int, default=20, help="denoising steps")
-    r.add_argument("--guidance-scale", type=float, default=7.5, help="text guidance")
-    r.add_argument("--image-guidance-scale", type=float, default=1.5, help="input-image guidance")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--resolution", type=int, default=512, help="shorter side at inference (0: keep)")
+    saved = " (default: the model's saved setting)"
+    r.add_argument("--steps", type=int, help="denoising steps" + saved)
+    r.add_argument("--guidance-scale", type=float, help="text guidance" + saved)
+    r.add_argument("--image-guidance-scale", type=float, help="image guidance (InstructPix2Pix)" + saved)
+    r.add_argument(
+        "--seed", type=int, default=0, help="noise seed (each image's noise also depends on its pixels)"
+    )
+    r.add_argument("--resolution", type=int, help="shorter side at inference, 0: the input's size" + saved)
     r.add_argument(
         "--keep-model-size", action="store_true", help="don't resize outputs back to the input size"
     )
     r.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    r.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype" + saved)
+    r.add_argument("--base-model", help="Flux Kontext LoRA: base pipeline instead of the saved one")
+    r.add_argument("--fp8", action="store_true", help="Flux Kontext LoRA: float8 transformer weights")
+    r.add_argument("--cpu-offload", nargs="?", const="model", choices=["model", "sequential"],
+                   help="Flux Kontext LoRA: keep one model (or one layer) on the GPU at a time")  # fmt: skip
     r.set_defaults(func=_relight)
 
     t = sub.add_parser("train", help="train on exported splits with accelerate (resumes from checkpoints)")

@@ -1,8 +1,9 @@
 """Evaluate a trained relighting model on an exported split: relight, score, summarize, draw.
 
-Every triplet is relit by the model and by each configured baseline model; the ``identity`` baseline
-returns the input unchanged, so every number has a reference. Outputs: predictions (PNG per system and
-triplet), a per-image metrics table (one row per triplet and system), the summary JSON, an HTML table,
+Every triplet is relit by the model and by each configured baseline model (through
+:mod:`relightflow.inference`, with the settings saved beside each model unless the ``evaluate`` config
+gives one); the ``identity`` baseline returns the input unchanged, so every number has a reference.
+Outputs: predictions (PNG per system and triplet), a per-image metrics table (one row per triplet and system), the summary JSON, an HTML table,
 a bar chart, a comparison grid, rejects and stats (triplets in = scored + rejected).
 """
 
@@ -19,13 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relightflow.devices import pick_device
 from relightflow.evaluate.data import Triplet, iter_triplets
 from relightflow.evaluate.grids import save_grid
 from relightflow.evaluate.instruction import instruction_following, load_clip
 from relightflow.evaluate.metrics import image_metrics, load_lpips
-from relightflow.evaluate.relighter import Relighter, load_relighter, pick_device, resize_to, to_uint8
 from relightflow.evaluate.summary import plot_summary, summarize, write_html
 from relightflow.images import save_image
+from relightflow.inference import OVERRIDABLE, NonFiniteOutput, Relighter, load, resize
 from relightflow.manifest import Reject, write_json, write_rejects, write_table
 from relightflow.shards import Stats
 
@@ -36,20 +38,15 @@ IDENTITY, TARGET = "identity", "target"
 OUTPUTS = ("metrics", "table", "html", "plot", "grid", "predictions", "rejects", "stats")
 
 
-def relight_all(relighter: Relighter, triplets: list[Triplet]) -> dict[str, np.ndarray | str]:
-    """Per key: the uint8 prediction, or the reason it failed (same-shaped inputs are batched)."""
-    groups: dict[tuple[int, ...], list[Triplet]] = defaultdict(list)
-    for t in triplets:
-        groups[t.input.shape].append(t)
+def relight_all(name: str, relighter: Relighter, triplets: list[Triplet]) -> dict[str, np.ndarray | str]:
+    """Per key: the uint8 prediction at the input's size, or the reason it failed."""
     results: dict[str, np.ndarray | str] = {}
-    for group in groups.values():
+    for t in triplets:
         # a model that fails (out of memory, device error) fails the job: never a silent reject
-        outs = relighter([t.input for t in group], [t.instruction for t in group], [t.key for t in group])
-        for t, out in zip(group, outs, strict=True):
-            try:
-                results[t.key] = to_uint8(out)
-            except ValueError as e:
-                results[t.key] = f"relight failed ({relighter.name}): {e}"
+        try:
+            results[t.key] = relighter(t.input, t.instruction)
+        except NonFiniteOutput as e:  # a diverged model's output for this image
+            results[t.key] = f"relight failed ({name}): {e}"
     return results
 
 
@@ -62,7 +59,9 @@ def _scalar_meta(meta: dict[str, Any]) -> dict[str, Any]:
 class Evaluation:
     """State of one evaluation run: models, optional scorers, accumulated rows and grid samples."""
 
-    def __init__(self, systems: list[Relighter], cfg: Mapping[str, Any], out: Mapping[str, str], device: str):
+    def __init__(
+        self, systems: dict[str, Relighter], cfg: Mapping[str, Any], out: Mapping[str, str], device: str
+    ):
         self.systems, self.cfg, self.out = systems, cfg, out
         self.lpips, self.lpips_reason = load_lpips(
             bool(cfg.get("lpips")), cfg.get("lpips_net", "alex"), device
@@ -95,10 +94,10 @@ class Evaluation:
     def add_batch(self, triplets: list[Triplet], stats: Stats) -> None:
         """Relight, save and score a batch of triplets."""
         outputs: dict[str, dict[str, np.ndarray | str]] = {}
-        for relighter in self.systems:
+        for name, relighter in self.systems.items():
             t0 = time.perf_counter()
-            outputs[relighter.name] = relight_all(relighter, triplets)
-            self.seconds[relighter.name] += time.perf_counter() - t0
+            outputs[name] = relight_all(name, relighter, triplets)
+            self.seconds[name] += time.perf_counter() - t0
         for t in triplets:
             failed = [o[t.key] for o in outputs.values() if isinstance(o[t.key], str)]
             if failed:
@@ -112,7 +111,9 @@ class Evaluation:
             stats.n_kept += 1
 
     def _add(self, t: Triplet, predictions: dict[str, np.ndarray]) -> None:
-        images = {**predictions, IDENTITY: resize_to(t.input, t.target.shape[:2]), TARGET: t.target}
+        size = t.target.shape[1::-1]  # scored at the target's size
+        predictions = {name: resize(image, size) for name, image in predictions.items()}
+        images = {**predictions, IDENTITY: resize(t.input, size), TARGET: t.target}
         rows = {}
         for system, image in images.items():
             path = None
@@ -150,7 +151,7 @@ class Evaluation:
             log.info("%d triplets scored, %d rejected", stats.n_kept, stats.n_rejected)
 
     def write(self, stats: Stats, extra: dict[str, Any]) -> dict[str, Any]:
-        names = [s.name for s in self.systems] + [IDENTITY, TARGET]
+        names = [*self.systems, IDENTITY, TARGET]
         table = pd.DataFrame(self.rows)
         write_table(self.out["table"], table, columns=["key", "system"])
         n_kept = max(stats.n_kept, 1)
@@ -167,7 +168,7 @@ class Evaluation:
                   if isinstance(v, dict) and v.get("skipped_reason")]  # fmt: skip
         write_html(self.out["html"], summary, notes)
         plot_summary(self.out["plot"], summary)
-        columns = ["input", *[s.name for s in self.systems], "target"]
+        columns = ["input", *self.systems, "target"]
         save_grid(self.out["grid"], self.grid_rows, self.grid_captions, columns)
         write_rejects(self.out["rejects"], self.rejects)
         stats.write(self.out["stats"])
@@ -176,11 +177,11 @@ class Evaluation:
 
 def load_systems(
     model_dir: str | os.PathLike, cfg: Mapping[str, Any], seed: int, device: str
-) -> list[Relighter]:
-    """The trained model, then every baseline model of ``evaluate.baselines`` ({name, path})."""
-    systems = [load_relighter(model_dir, "model", dict(cfg), seed, device)]
+) -> dict[str, Relighter]:
+    """The trained model, then every baseline model of ``evaluate.baselines`` ({name, path, overrides})."""
+    systems = {"model": load(model_dir, device, cfg, seed)}
     for baseline in cfg.get("baselines") or []:
-        systems.append(load_relighter(baseline["path"], baseline["name"], {**cfg, **baseline}, seed, device))
+        systems[baseline["name"]] = load(baseline["path"], device, {**cfg, **baseline}, seed)
     return systems
 
 
@@ -192,13 +193,13 @@ def evaluate_split(dataset_dir: str | os.PathLike, model_dir: str | os.PathLike,
         raise KeyError(f"missing output paths: {missing}")
     device = pick_device(device or cfg.get("device"))
     Path(out["predictions"]).mkdir(parents=True, exist_ok=True)
-    evaluation = Evaluation(load_systems(model_dir, cfg, seed, device), cfg, out, device)
+    systems = load_systems(model_dir, cfg, seed, device)
+    evaluation = Evaluation(systems, cfg, out, device)
     stats = Stats(STAGE, Path(dataset_dir).name)
     evaluation.run(dataset_dir, stats)
-    params = {
-        k: cfg.get(k) for k in ("num_inference_steps", "guidance_scale", "image_guidance_scale", "resolution")
-    }
-    extra = {"model": str(model_dir), "split": Path(dataset_dir).name, "device": device, "params": params,
+    params = {name: {k: getattr(r.settings, k) for k in OVERRIDABLE} for name, r in systems.items()}
+    extra = {"model": str(model_dir), "split": Path(dataset_dir).name, "device": device,
+             "params": params["model"], "baseline_params": {k: v for k, v in params.items() if k != "model"},
              "seed": seed}  # fmt: skip
     summary = evaluation.write(stats, extra)
     log.info("evaluation: %s", summary.get("metrics"))

@@ -19,7 +19,7 @@ from PIL import Image
 from relightflow.dataset import RollingParquetWriter, _fresh_tmp, data_files, replace_dir
 from relightflow.devices import pick_device
 from relightflow.images import load_rgb
-from relightflow.train.data import PairTransform
+from relightflow.train.data import transform
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,20 @@ def _decode(cell: dict) -> Image.Image:
     return Image.fromarray(load_rgb(cell["bytes"]))
 
 
-def _encode_batch(vae, rows: list[dict], transform: PairTransform) -> list[dict]:
+def _encode_batch(vae, rows: list[dict], resolution: int) -> list[dict]:
     import torch
 
-    items = [transform.one(_decode(r["input_image"]), _decode(r["edited_image"])) for r in rows]
-    source = torch.stack([i["original_pixel_values"] for i in items]).to(vae.device, vae.dtype)
-    target = torch.stack([i["edited_pixel_values"] for i in items]).to(vae.device, vae.dtype)
+    items = [
+        transform(
+            {**r, "input_image": _decode(r["input_image"]), "edited_image": _decode(r["edited_image"])},
+            resolution,
+            None,
+            False,
+        )
+        for r in rows
+    ]
+    source = torch.stack([i["source"] for i in items]).to(vae.device, vae.dtype)
+    target = torch.stack([i["target"] for i in items]).to(vae.device, vae.dtype)
     with torch.no_grad():
         source_latents = vae.encode(source).latent_dist.mode().half().cpu().numpy()
         target_params = vae.encode(target).latent_dist.parameters.half().cpu().numpy()
@@ -92,18 +100,17 @@ def cache_latents(
     rows_per_file: int = 2000,
     device: str | None = None,
 ) -> int:
-    """Encode every row of the split in ``dataset_dir`` into ``out_dir/data-*.parquet``; return the row count."""
+    """Encode every row of the split in ``dataset_dir`` into ``out_dir/data-*.parquet``; return the count."""
 
     device = pick_device(device)
     model = load_vae(pretrained, vae, device)
-    transform = PairTransform(resolution, center_crop=True, random_flip=False)
     out = Path(out_dir)
     tmp = _fresh_tmp(out)
     writer = RollingParquetWriter(tmp, SCHEMA, rows_per_file, row_group_size=256)
     n = 0
     for path in data_files(dataset_dir):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-            for row in _encode_batch(model, batch.to_pylist(), transform):
+            for row in _encode_batch(model, batch.to_pylist(), resolution):
                 writer.add(row)
                 n += 1
     writer.close()

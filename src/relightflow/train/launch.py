@@ -1,9 +1,10 @@
-"""Launch a training run: write the job file, hold GPU slots, run ``accelerate launch`` on it.
+"""Launch a training run: write the job file, hold GPU slots, train.
 
-The Snakemake rule (and ``relightflow train``) call :func:`launch`; every process started by accelerate
-runs :func:`run_job`, which dispatches on ``train.model``: ``sd15``/``sdxl`` go to the InstructPix2Pix
-trainer here, ``flux-kontext`` to ``relightflow.train.flux_kontext.train_flux_kontext``. A rerun after a
-kill resumes from the latest checkpoint in ``work_dir/checkpoints``.
+The Snakemake rule (and ``relightflow train``) call :func:`launch`. With ``train.gpus`` > 1 it runs
+``accelerate launch`` (one process per GPU, DDP), each process running :func:`run_job`; with 0 or 1 GPU
+it runs :func:`run_job` in its own process (no second interpreter to start). :func:`run_job` picks the
+family's trainer from ``train.model`` (:data:`TRAINERS`). A rerun resumes from the newest checkpoint of
+the same run in ``work_dir/checkpoints`` (:mod:`relightflow.train.checkpoints`).
 """
 
 from __future__ import annotations
@@ -36,43 +37,30 @@ def read_job(path: str | os.PathLike) -> tuple[dict[str, Any], TrainPaths]:
     return job["config"], TrainPaths(**job["paths"])
 
 
+TRAINERS = {
+    "sd15": "relightflow.train.ip2p:IP2PTrainer",
+    "sdxl": "relightflow.train.ip2p:IP2PTrainer",
+    "flux-kontext": "relightflow.train.flux_kontext:FluxKontextTrainer",
+}
+
+
+def trainer_for(cfg: TrainConfig, paths: TrainPaths):
+    """The family's trainer for ``cfg.model``."""
+    import importlib
+
+    module, _, name = TRAINERS[cfg.model].partition(":")
+    return getattr(importlib.import_module(module), name)(cfg, paths)
+
+
+def train(cfg: TrainConfig, paths: TrainPaths) -> Path:
+    """Run (or resume) a training in this process; return the model folder."""
+    return trainer_for(cfg, paths).train()
+
+
 def run_job(job_path: str | os.PathLike) -> Path:
     """Train what the job file describes (called in every launched process)."""
     raw, paths = read_job(job_path)
-    if raw.get("model") == "flux-kontext":
-        return run_flux_kontext(raw, paths)
-    from relightflow.train.ip2p import train
-
     return train(TrainConfig(**raw), paths)
-
-
-def run_flux_kontext(raw: dict[str, Any], paths: TrainPaths) -> Path:
-    """Train the Flux Kontext LoRA (another module), then write the rule's summary and loss curve."""
-    from relightflow.manifest import read_json
-    from relightflow.train.flux_kontext import train_flux_kontext
-    from relightflow.train.report import plot_curve
-
-    out = train_flux_kontext(
-        paths.train_data, paths.val_data, paths.output_dir, raw, checkpoints_dir=str(paths.checkpoints)
-    )
-    metrics_path = Path(out) / "training_metrics.json"
-    if _is_main_process() and metrics_path.exists():
-        metrics = read_json(metrics_path)
-        val = metrics.get("val_losses") or []
-        plot_curve(
-            [s for s, _ in val],
-            [v for _, v in val],
-            Path(paths.work_dir) / "loss_curve.png",
-            "validation loss",
-        )
-        summary = {"model": "flux-kontext", "steps": metrics.get("steps"), "loss_first": metrics.get("train_loss_first"),
-                   "loss_last": metrics.get("train_loss_last"), "metrics": metrics, "paths": paths.model_dump()}  # fmt: skip
-        write_json(Path(paths.work_dir) / "summary.json", summary)
-    return Path(out)
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def accelerate_command(job: Path, gpus: int, mixed_precision: str, threads: int | None = None) -> list[str]:
@@ -117,7 +105,7 @@ def launch(
     latents: str | None = None,
     threads: int | None = None,
 ) -> Path:
-    """Write the job, hold ``cfg['gpus']`` GPU slots and run accelerate; raise if training fails."""
+    """Write the job, hold ``cfg['gpus']`` GPU slots and train; raise if training fails."""
     from relightflow.gpu_slots import gpu_slots
 
     paths = TrainPaths(
@@ -127,10 +115,15 @@ def launch(
     settings = TrainConfig(**cfg)
     with gpu_slots(settings.gpus) as devices:
         gpus = min(settings.gpus, len(devices))
+        if gpus <= 1:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            return run_job(job)
         cmd = accelerate_command(job, gpus, settings.mixed_precision, threads)
         log.info("running %s", " ".join(cmd))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        returncode = run_logged(cmd, env)
+        returncode = run_logged(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"})
     if returncode != 0:
         raise RuntimeError(f"training failed (exit {returncode}); see the log above")
     return Path(output_dir)
