@@ -108,3 +108,12 @@ def test_write_survival_outputs(tmp_path, stats_files):
     empty = {k: tmp_path / f"empty_{v.name}" for k, v in outputs.items()}
     write_survival([], [], empty)  # no stats, no pairs: still a table and two (empty) plots
     assert read_table(empty["table"]).empty and cv2.imread(str(empty["changes"])) is not None
+
+
+def test_gate_table_without_drops():
+    """A run whose gate dropped nothing (or was disabled) still gets its per-kind table."""
+    from relightflow.shards import Stats
+    from relightflow.survival import gate_table
+
+    table = gate_table(Stats("degrade", counts={"kinds": {"flat": 3, "color_cast": 2}}))
+    assert table["kept"].to_dict() == {"color_cast": 2, "flat": 3} and (table["dropped_share"] == 0).all()

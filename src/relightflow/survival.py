@@ -78,9 +78,9 @@ def gate_table(degrade: Stats | None) -> pd.DataFrame:
     """Per degradation kind: pairs kept and variants dropped by the quality gate, per reason."""
     if degrade is None:
         return pd.DataFrame()
-    kept = pd.Series(degrade.counts.get("kinds", {}), name="kept", dtype="int64")
-    dropped = pd.DataFrame(degrade.counts.get("dropped", {})).fillna(0).astype("int64")
-    table = pd.concat([kept, dropped], axis=1).fillna(0).astype("int64").rename_axis("kind").sort_index()
+    kept = pd.Series(degrade.counts.get("kinds", {}), name="kept", dtype="int64").to_frame()
+    dropped = pd.DataFrame(degrade.counts.get("dropped", {}))  # reason -> kind -> n; empty when none dropped
+    table = kept.join(dropped, how="outer").fillna(0).astype("int64").rename_axis("kind").sort_index()
     if len(table):
         table["dropped_share"] = (1 - table["kept"] / table.sum(axis=1)).round(3)
     return table
