@@ -22,7 +22,7 @@ def test_direction_with_mask(horizontal: str, vertical: str) -> None:
         image, mask, _ = render_scene(Scene(horizontal, vertical, "neutral", size=160, seed=seed))
         m = measure_lighting(image, mask)
         assert (m["horizontal"], m["vertical"]) == (horizontal, vertical), m
-        assert m["mask_used"] and m["direction_method"] == "contour"
+        assert m["mask_used"] and m["direction_method"] == "head"
 
 
 @pytest.mark.parametrize("horizontal", ["left", "front", "right"])
