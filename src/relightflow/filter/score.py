@@ -68,14 +68,19 @@ class StatsScorer:
 
 
 def make_scorer(backend: str, cfg: dict[str, Any]):
-    """The scorer registered under ``backend`` (``clip`` | ``stats``), built from its config section."""
+    """The scorer registered under ``backend`` (``clip`` | ``stats`` | ``clip+stats``), built from its config
+    section (for ``clip+stats``: :func:`relightflow.filter.combined.backend_config`)."""
     if backend == "stats":
         return StatsScorer(cfg)
     if backend == "clip":
         from relightflow.filter.clip import ClipScorer
 
         return ClipScorer(cfg)
-    raise ValueError(f"unknown filter.backend {backend!r} (expected 'clip' or 'stats')")
+    if backend == "clip+stats":
+        from relightflow.filter.combined import ClipStatsScorer
+
+        return ClipStatsScorer(cfg)
+    raise ValueError(f"unknown filter.backend {backend!r} (expected 'clip', 'stats' or 'clip+stats')")
 
 
 def _kept_frame(batch: Batch, scorer, shard: str) -> pd.DataFrame:

@@ -65,7 +65,7 @@ def _objects(scene: ObjectScene, rng: np.random.Generator):
 
 
 def object_layers(scene: ObjectScene | None = None, **kwargs) -> Layers:
-    """Linear radiance (metered on the objects, ``ev`` applied) and diffuse albedo of a still life."""
+    """Linear radiance (metered like a camera, ``ev`` applied) and diffuse albedo of a still life."""
     scene = scene or ObjectScene(**kwargs)
     rng = np.random.default_rng(scene.seed)
     n = scene.size
@@ -76,8 +76,7 @@ def object_layers(scene: ObjectScene | None = None, **kwargs) -> Layers:
     normals[~mask] = [0.0, 0.0, 1.0]
     light = Light(scene.azimuth, scene.elevation, LIGHT_COLORS[scene.color_temperature])
     radiance = shade(depth, normals, albedo, [light], scene.ambient, specular=0.03)
-    lum = radiance[mask] @ camera.LUMA
-    radiance *= camera.METERED_RAW / max(float(lum.mean()), 1e-6) * 2.0**scene.ev
+    radiance *= camera.meter(radiance) * 2.0**scene.ev
     return Layers(radiance, albedo, mask, asdict(scene))
 
 
