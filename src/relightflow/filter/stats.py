@@ -54,7 +54,7 @@ STAT_NAMES = (
 # 0: both sides. cost = weight * log(1 + (excess / scale)^2).
 PENALTIES: dict[str, tuple[str, int, float, float, float]] = {
     "underexposed": ("exposure_stops", -1, -0.5, 0.8, 1.0),
-    "overexposed": ("exposure_stops", +1, 1.0, 0.8, 1.0),
+    "overexposed": ("exposure_stops", +1, 1.0, 0.6, 1.0),
     "exposure": ("exposure_stops", 0, 0.25, 4.5, 1.0),
     "clipped_highlights": ("clipped_highlights", +1, 0.0, 0.2, 0.6),
     "clipped_shadows": ("clipped_shadows", +1, 0.0, 0.1, 0.3),
