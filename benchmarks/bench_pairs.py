@@ -25,7 +25,6 @@ import time
 
 import cv2
 import numpy as np
-
 from eval_signals import multiscale_retinex
 
 from relightflow.pairs.albedo import retinex_albedo8

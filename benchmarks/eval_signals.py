@@ -46,7 +46,9 @@ from relightflow.testing import camera
 from relightflow.testing.faces import BACKGROUNDS, FaceScene, face_layers, render_face
 from relightflow.testing.objects import ObjectScene, object_layers
 
-DEFAULT_EVALDATA = Path(os.environ.get("RELIGHTFLOW_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))
+DEFAULT_EVALDATA = Path(
+    os.environ.get("RELIGHTFLOW_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata")
+)
 SEED = 1_300_000  # rendered sets here use seeds apart from those the methods were tuned on
 ZOOMS = (1.0, 1.6, 2.2)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
@@ -151,7 +153,9 @@ def si_mse(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float
     return float(np.mean((a * p - g) ** 2))
 
 
-def multiscale_retinex(image: np.ndarray, mask: np.ndarray | None = None, sigmas=(15.0, 80.0, 250.0)) -> np.ndarray:
+def multiscale_retinex(
+    image: np.ndarray, mask: np.ndarray | None = None, sigmas=(15.0, 80.0, 250.0)
+) -> np.ndarray:
     """The predecessor's multi-scale Retinex: per channel, the mean over sigmas (px at 1024, exact
     full-resolution Gaussians) of log(I) - log(G * I), exponentiated (linear up to scale)."""
     x = image.astype(np.float64) + 1.0
@@ -202,14 +206,17 @@ def albedo_figures(evaldata: Path, n_objects: int, n_faces: int) -> dict[str, di
         agree = []
         for kind, group in groups:
             estimates = [fn(image, layer.mask) for image, layer in group]
-            err[kind] += [si_mse(e, layer.albedo, layer.mask) for e, (_, layer) in zip(estimates, group, strict=True)]
+            err[kind] += [
+                si_mse(e, layer.albedo, layer.mask) for e, (_, layer) in zip(estimates, group, strict=True)
+            ]
             region = group[0][1].mask
             agree += [si_mse(a, b, region) for a, b in itertools.combinations(estimates, 2)]
         row = {"si_mse_objects": float(np.mean(err["objects"])), "si_mse_faces": float(np.mean(err["faces"])),
                "si_mse_all": float(np.mean(err["objects"] + err["faces"])), "across_lights": float(np.mean(agree))}  # fmt: skip
         if vidit:
             full = np.ones(vidit[0][0].shape[:2], dtype=bool)
-            d = [si_mse(fn(a, None), fn(b, None), full) for frames in vidit for a, b in itertools.combinations(frames, 2)]
+            estimates = [[fn(frame, None) for frame in frames] for frames in vidit]
+            d = [si_mse(a, b, full) for est in estimates for a, b in itertools.combinations(est, 2)]
             row["across_lights_vidit"] = float(np.mean(d))
         out[name] = row
     return out
@@ -246,8 +253,16 @@ def face_sets(n: int, size: int = 192) -> dict[str, list[FaceScene]]:
     return {
         "vertical_35": [scene(i, _uniform(rng, -60, 60), sign() * _uniform(rng, 35, 70)) for i in range(n)],
         "side_20": [scene(i, sign() * _uniform(rng, 20, 90), _uniform(rng, -30, 45)) for i in range(n)],
-        "fill": [scene(i, (s := sign()) * _uniform(rng, 30, 70), _uniform(rng, -10, 40), fill_azimuth=-s * _uniform(rng, 20, 70),
-                       fill_ratio=_uniform(rng, 0.2, 0.5)) for i in range(n)],  # fmt: skip
+        "fill": [
+            scene(
+                i,
+                (s := sign()) * _uniform(rng, 30, 70),
+                _uniform(rng, -10, 40),
+                fill_azimuth=-s * _uniform(rng, 20, 70),
+                fill_ratio=_uniform(rng, 0.2, 0.5),
+            )
+            for i in range(n)
+        ],  # fmt: skip
         "frontal": [scene(i, _uniform(rng, -5, 5), _uniform(rng, -5, 5)) for i in range(max(n // 2, 6))],
     }
 
@@ -266,7 +281,9 @@ def direction_figures(n: int) -> dict[str, Any]:
         for scene in scenes:
             image, mask, _ = render_face(scene)
             for use_mask in (True, False):
-                answers[use_mask].append((name, "", _truth(scene), measure_lighting(image, mask if use_mask else None)))
+                answers[use_mask].append(
+                    (name, "", _truth(scene), measure_lighting(image, mask if use_mask else None))
+                )
     for use_mask, rows in answers.items():
         tag = "mask" if use_mask else "nomask"
         for name, attrs in checks.items():
@@ -291,7 +308,9 @@ def _confident(rows, tag: str, threshold: float = 0.5) -> dict[str, float]:
     out = {}
     for attr, names in sets.items():
         key = f"{attr}_confidence"
-        scored = [(m[key] >= threshold, m[attr] == t[attr]) for name, _, t, m in rows if key in m and name in names]
+        scored = [
+            (m[key] >= threshold, m[attr] == t[attr]) for name, _, t, m in rows if key in m and name in names
+        ]
         if scored:
             confident = [ok for sure, ok in scored if sure]
             out[f"{tag}/{attr}_confident_acc"] = float(np.mean(confident)) if confident else float("nan")
@@ -318,7 +337,9 @@ def vidit_direction(evaldata: Path) -> dict[str, float]:
         mask = clean_mask(segmenter.segment(image).mask)
         hits["nomask"].append(measure_lighting(image)["horizontal"] == row["image_left_right"])
         hits["classical_mask"].append(measure_lighting(image, mask)["horizontal"] == row["image_left_right"])
-    return {f"vidit_left_right/{k}": float(np.mean(v)) for k, v in hits.items()} | {"vidit_left_right/n": len(side)}
+    return {f"vidit_left_right/{k}": float(np.mean(v)) for k, v in hits.items()} | {
+        "vidit_left_right/n": len(side)
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -353,7 +374,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         albedo = albedo_figures(args.evaldata, 4 if args.quick else 8, 3 if args.quick else 6)
         _print_table("2. albedo: scale-invariant MSE to known reflectance; distance across lights", albedo)
         figures["albedo"], figures["albedo_seconds_1024"] = albedo, albedo_seconds()
-        print(f"  retinex_albedo CPU seconds per 1024² image (one core): {figures['albedo_seconds_1024']:.3f}")
+        print(
+            f"  retinex_albedo CPU seconds per 1024² image (one core): {figures['albedo_seconds_1024']:.3f}"
+        )
     if "direction" in args.only:
         direction = direction_figures(16 if args.quick else 40) | vidit_direction(args.evaldata)
         print("\n3. direction (rendered portraits; VIDIT)")

@@ -47,7 +47,9 @@ def test_gated_score_is_clip_times_gate_and_drops_bad_exposures(cfg):
     assert batch.shape == (3, *scorer.shape)
     out = scorer.score(batch)
     np.testing.assert_allclose(out["lighting_score"], out["clip_score"] * out["exposure_gate"], rtol=1e-6)
-    clip_alone = make_scorer("clip", cfg).score(np.stack([make_scorer("clip", cfg).prepare(f) for f in frames]))
+    clip_alone = make_scorer("clip", cfg).score(
+        np.stack([make_scorer("clip", cfg).prepare(f) for f in frames])
+    )
     np.testing.assert_allclose(out["clip_score"], clip_alone["lighting_score"], atol=1e-5)
     gate = out["exposure_gate"]
     assert gate[1] > 0.8 and gate[1] > gate[0] and gate[1] > gate[2], gate  # 0 EV passes, +-1.5 EV are gated
@@ -69,7 +71,9 @@ def test_scores_a_shard_with_all_columns(tmp_path, cfg):
     rows = []
     for i, name in enumerate(("astronaut", "chelsea", "coffee")):
         save_image(tmp_path / f"{name}.jpg", getattr(data, name)())
-        rows.append({"image_id": f"img{i}", "path": str(tmp_path / f"{name}.jpg"), "width": 512, "height": 512})
+        rows.append(
+            {"image_id": f"img{i}", "path": str(tmp_path / f"{name}.jpg"), "width": 512, "height": 512}
+        )
     write_table(tmp_path / "manifest.parquet", rows)
     outs = [tmp_path / "scores.parquet", tmp_path / "rejects.parquet", tmp_path / "stats.json"]
     score_shard(tmp_path / "manifest.parquet", "00000", *outs, "clip+stats", {**cfg, "num_workers": 0})
@@ -78,5 +82,7 @@ def test_scores_a_shard_with_all_columns(tmp_path, cfg):
     assert (scores["backend"] == "clip+stats").all()
     for col in ("clip_score", "exposure_gate", "sim_pos_0", *stats.STAT_NAMES):
         assert col in scores
-    np.testing.assert_allclose(scores["lighting_score"], scores["clip_score"] * scores["exposure_gate"], rtol=1e-5)
+    np.testing.assert_allclose(
+        scores["lighting_score"], scores["clip_score"] * scores["exposure_gate"], rtol=1e-5
+    )
     assert read_json(outs[2])["extra"]["gate_strength"] == 1.0

@@ -72,7 +72,9 @@ def test_score_is_one_at_the_centres_and_has_no_dead_zone():
     clean = {k: 0.0 for k in stats.STAT_NAMES} | {"exposure_stops": 0.25, "contrast": 0.2, "dynamic_range": 0.9,
                                                  "local_contrast": 0.05, "sharpness": 0.3}  # fmt: skip
     assert float(stats.score_from_stats(clean)) == pytest.approx(1.0)
-    ladder = [float(stats.score_from_stats(clean | {"exposure_stops": e})) for e in (0.25, 0.5, 1.0, 1.5, 2.5)]
+    ladder = [
+        float(stats.score_from_stats(clean | {"exposure_stops": e})) for e in (0.25, 0.5, 1.0, 1.5, 2.5)
+    ]
     assert all(a > b for a, b in zip(ladder, ladder[1:], strict=False)), ladder  # every step ranks
     # many faults at once still rank against one more fault, instead of collapsing to ~0
     bad = clean | {"exposure_stops": -2.0, "clipped_shadows": 0.2, "contrast": 0.05, "noise": 12.0}

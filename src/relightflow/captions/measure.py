@@ -61,7 +61,11 @@ MIN_SKIN_FRACTION = 0.3  # a head cell is used when at least this fraction of it
 FACE_WIDTH = 0.9  # face fit: the face's half-width / the head's (hair included)
 FACE_MIN_HEIGHT, FACE_MAX_HEIGHT = 0.45, 0.7  # bounds of the face's half-height / the head's
 FACE_DEPTH = 1.3  # depth of the face's ellipsoid / its half-width (> 1: flatter)
-BOX_FACE = (0.07, 0.47, 0.43)  # face ellipse of a Haar box (x, y, w, h): centre y + 0.07 h, half-axes 0.47 w, 0.43 h
+BOX_FACE = (
+    0.07,
+    0.47,
+    0.43,
+)  # face ellipse of a Haar box (x, y, w, h): centre y + 0.07 h, half-axes 0.47 w, 0.43 h
 MIN_HEAD_PIXELS, MIN_FACE_CELLS = 150, 8
 COLORED_CHROMA = 0.7  # illuminant chroma above this: a coloured light (scene colours alone reach ~0.65)
 _EPS = 1e-4
@@ -262,7 +266,9 @@ def _face_cells(
         sel = cells == k
         sel_skin = sel & is_skin
         if sel_skin.sum() >= max(5, MIN_SKIN_FRACTION * sel.sum()):
-            rows.append((*norms[sel_skin].mean(axis=0), float(np.median(lums[sel_skin])), float(sel_skin.sum()), 1.0))
+            rows.append(
+                (*norms[sel_skin].mean(axis=0), float(np.median(lums[sel_skin])), float(sel_skin.sum()), 1.0)
+            )
         elif sel.sum() >= 5:  # maybe a cell in deep shadow, where chroma is too noisy to tell skin
             rows.append((*norms[sel].mean(axis=0), float(np.median(lums[sel])), float(sel.sum()), 0.0))
     if not rows:

@@ -89,11 +89,19 @@ class ClipStatsScorer:
     def score(self, data) -> dict[str, Any]:
         data = np.asarray(data, dtype=np.float32)
         crops = data[:, : self.n_pixels].reshape(len(data), self.clip.size, self.clip.size, 3)
-        measured = {k: data[:, self.n_pixels + i].astype(np.float64) for i, k in enumerate(lighting_stats.STAT_NAMES)}
+        measured = {
+            k: data[:, self.n_pixels + i].astype(np.float64) for i, k in enumerate(lighting_stats.STAT_NAMES)
+        }
         out = self.clip.score(np.rint(crops).astype(np.uint8))
         gate = exposure_gate(measured, self.strength)
         clip_score = np.asarray(out.pop("lighting_score"), dtype=np.float64)
-        return {"lighting_score": clip_score * gate, "clip_score": clip_score, "exposure_gate": gate, **out, **measured}
+        return {
+            "lighting_score": clip_score * gate,
+            "clip_score": clip_score,
+            "exposure_gate": gate,
+            **out,
+            **measured,
+        }
 
     def info(self) -> dict[str, Any]:
         return {**self.clip.info(), "model": self.model_name, "gate_rules": list(GATE_RULES),

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import scipy.fft
 

@@ -71,7 +71,10 @@ def meter(radiance: np.ndarray) -> float:
 
 
 def develop(
-    raw: np.ndarray, rng: np.random.Generator | None = None, noise: bool = True, jpeg_quality: int | None = None
+    raw: np.ndarray,
+    rng: np.random.Generator | None = None,
+    noise: bool = True,
+    jpeg_quality: int | None = None,
 ) -> np.ndarray:
     """A raw frame (linear, saturation 1; values above clip) -> ``HxWx3 uint8`` as the camera would save it."""
     raw = np.clip(np.asarray(raw, dtype=np.float64), 0.0, None)

@@ -81,7 +81,9 @@ def _face_relief(u: np.ndarray, v: np.ndarray, w: np.ndarray, rng: np.random.Gen
     nose_w = 0.06 + 0.06 * t
     tip_v = -0.22 + 0.45 * nose_len
     nose = (0.35 + 0.65 * t) * np.exp(-0.5 * (uf / nose_w) ** 2)
-    nose *= np.exp(-0.5 * (np.maximum(v - tip_v, 0) / 0.035) ** 2) * np.exp(-0.5 * (np.maximum(-0.22 - v, 0) / 0.05) ** 2)
+    nose *= np.exp(-0.5 * (np.maximum(v - tip_v, 0) / 0.035) ** 2) * np.exp(
+        -0.5 * (np.maximum(-0.22 - v, 0) / 0.05) ** 2
+    )
     brow = np.exp(-0.5 * ((v + 0.30) / 0.07) ** 2) * np.exp(-0.5 * (uf / 0.55) ** 4)
     sockets = sum(np.exp(-0.5 * (((uf - s) / 0.14) ** 2 + ((v + 0.12) / 0.10) ** 2)) for s in (-0.33, 0.33))
     eyeballs = sum(np.exp(-0.5 * (((uf - s) / 0.08) ** 2 + ((v + 0.12) / 0.05) ** 2)) for s in (-0.33, 0.33))
@@ -99,11 +101,15 @@ def _face_albedo(u, v, u0, tip_v, skin, hair, rng, shape):
     uf = u - u0
     texture = 1.0 + 0.07 * fbm(shape, rng, base=6, octaves=4)
     albedo = skin[None, None, :] * texture[..., None]
-    cheek_red = 0.10 * sum(np.exp(-0.5 * (((uf - s) / 0.15) ** 2 + ((v - 0.2) / 0.1) ** 2)) for s in (-0.42, 0.42))
+    cheek_red = 0.10 * sum(
+        np.exp(-0.5 * (((uf - s) / 0.15) ** 2 + ((v - 0.2) / 0.1) ** 2)) for s in (-0.42, 0.42)
+    )
     albedo = albedo * (1 + cheek_red[..., None] * np.array([0.5, -0.2, -0.2]))
     lips = ((uf / 0.2) ** 2 + ((v - 0.47) / 0.045) ** 2) < 1
     albedo[lips] = skin * np.array([0.85, 0.55, 0.55])
-    brows = sum(((uf - s) / 0.16) ** 2 + ((v + 0.31 - 0.08 * (uf - s) ** 2) / 0.03) ** 2 < 1 for s in (-0.33, 0.33))
+    brows = sum(
+        ((uf - s) / 0.16) ** 2 + ((v + 0.31 - 0.08 * (uf - s) ** 2) / 0.03) ** 2 < 1 for s in (-0.33, 0.33)
+    )
     albedo[brows.astype(bool)] = hair if hair is not None else skin * 0.5
     iris = rng.choice([np.array([0.06, 0.035, 0.02]), np.array([0.08, 0.12, 0.16])])
     for s in (-0.33, 0.33):
@@ -122,7 +128,9 @@ def _hair(xx, yy, head: tuple[float, ...], uv: tuple[np.ndarray, np.ndarray], ha
     """A hair volume around the head's top (and sides, for long hair): (inside, depth, normals, albedo)."""
     cx, cy, rx, ry, rz = head
     u, v = uv
-    inside, depth, normals, _ = ellipsoid(xx, yy, (cx, cy - 0.05 * ry, 0.55 * n), (1.1 * rx, 1.09 * ry, 1.06 * rz))
+    inside, depth, normals, _ = ellipsoid(
+        xx, yy, (cx, cy - 0.05 * ry, 0.55 * n), (1.1 * rx, 1.09 * ry, 1.06 * rz)
+    )
     hairline = -0.45 + rng.uniform(-0.08, 0.12) + 0.25 * np.abs(u) ** 2
     sides = (np.abs(u) > 0.8) & (v < (0.55 if rng.random() < 0.4 else 0.0))
     streaks = 1.0 + 0.25 * fbm((n, n), rng, base=16, octaves=2)

@@ -14,7 +14,17 @@ import numpy as np
 
 from relightflow.testing import camera
 from relightflow.testing.faces import Layers
-from relightflow.testing.shading import LIGHT_COLORS, Light, ellipsoid, fbm, mondrian, pattern, relief_normals, shade, zbuffer
+from relightflow.testing.shading import (
+    LIGHT_COLORS,
+    Light,
+    ellipsoid,
+    fbm,
+    mondrian,
+    pattern,
+    relief_normals,
+    shade,
+    zbuffer,
+)
 
 PAINTS = np.array([[0.75, 0.72, 0.65], [0.62, 0.12, 0.08], [0.10, 0.25, 0.55], [0.80, 0.62, 0.10],
                    [0.12, 0.45, 0.18], [0.05, 0.05, 0.05], [0.45, 0.30, 0.20], [0.55, 0.55, 0.58],
@@ -70,7 +80,9 @@ def object_layers(scene: ObjectScene | None = None, **kwargs) -> Layers:
     rng = np.random.default_rng(scene.seed)
     n = scene.size
     mask, depth, normals, albedo = _objects(scene, rng)
-    backdrop = 0.03 if scene.backdrop == "dark" else rng.uniform(0.2, 0.5) * (1 + 0.15 * fbm((n, n), rng))[..., None]
+    backdrop = (
+        0.03 if scene.backdrop == "dark" else rng.uniform(0.2, 0.5) * (1 + 0.15 * fbm((n, n), rng))[..., None]
+    )
     albedo[~mask] = (np.ones((n, n, 3)) * backdrop)[~mask]
     depth = np.where(mask, depth, 0.0)
     normals[~mask] = [0.0, 0.0, 1.0]
