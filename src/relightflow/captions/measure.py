@@ -48,24 +48,22 @@ SOFT_STOPS, HARD_STOPS = 2.5, 4.5  # contrast (stops, p5-p95 luminance) threshol
 LOW_KEY, HIGH_KEY = 0.35, 0.7  # median sRGB brightness thresholds (a normal exposure is ~0.45-0.65)
 NOMASK_VERTICAL_FACTOR = 3.0  # vertical threshold multiplier when no subject mask is given
 UPPER_CONTOUR = 0.6  # fraction of the subject's height (from the top) whose contour is used
-SIDE_ANGLE = 10.0  # head fit: |azimuth| (degrees) beyond this is a side light, within it "front"
-VERTICAL_ANGLE = 12.0  # head fit: |elevation| (degrees) beyond this is "above" / "below", within it "level"
-FACE_GRID = 7  # face fit: cells per axis over the face's ellipse
+# face fit (the direction)
+SIDE_ANGLE = 10.0  # |azimuth| (degrees) beyond this is a side light, within it "front"
+VERTICAL_ANGLE = 12.0  # |elevation| (degrees) beyond this is "above" / "below", within it "level"
+FACE_GRID = 7  # cells per axis over the face's ellipse
 HEAD_ASPECT = 1.3  # height / width of a head (hair included), to complete a head cut by the frame
 NECK_RATIO = 0.6  # below the head's widest row, the first row this much narrower is the chin / neck
-SPREAD_FACTOR, TOL_MIN, DARK_NOISE = 4.0, 0.03, 0.01
-SKIN_CHROMA_TOLERANCE = 0.08  # L1 distance of rgb chromaticity to the face's, for a pixel to count as skin
-SHADOW_CELL = 0.15  # a non-skin face cell darker than this x the bright skin cells is shadow, and is used
-DARK_MATERIAL = 0.3  # a face cell darker than this fraction of its fitted shading is another material
-MIN_SKIN_FRACTION = 0.3  # a head cell is used when at least this fraction of it is skin
-FACE_WIDTH = 0.9  # face fit: the face's half-width / the head's (hair included)
+FACE_WIDTH = 0.9  # the face's half-width / the head's (hair included)
 FACE_MIN_HEIGHT, FACE_MAX_HEIGHT = 0.45, 0.7  # bounds of the face's half-height / the head's
-FACE_DEPTH = 1.3  # depth of the face's ellipsoid / its half-width (> 1: flatter)
-BOX_FACE = (
-    0.07,
-    0.47,
-    0.43,
-)  # face ellipse of a Haar box (x, y, w, h): centre y + 0.07 h, half-axes 0.47 w, 0.43 h
+FACE_DEPTH = 1.3  # depth of the face's ellipsoid / its half-width (> 1: flatter than a sphere)
+BOX_FACE = (0.07, 0.47, 0.43)  # Haar box (x, y, w, h) -> face: centre y + 0.07 h, half-axes 0.47 w, 0.43 h
+SKIN_CHROMA_TOLERANCE = 0.08  # max L1 distance of a skin pixel's rgb chromaticity to the face centre's
+SPREAD_FACTOR, TOL_MIN = 4.0, 0.03  # the tolerance is SPREAD_FACTOR x the centre's own spread, >= TOL_MIN
+DARK_NOISE = 0.01  # dark pixels' tolerance widens by SKIN_CHROMA_TOLERANCE x DARK_NOISE / (r + g + b + it)
+MIN_SKIN_FRACTION = 0.3  # a face cell is used when at least this fraction of it is skin
+SHADOW_CELL = 0.15  # ... or when it is darker than this x the bright skin cells (deep shadow: used as is)
+DARK_MATERIAL = 0.3  # a cell darker than this fraction of its fitted shading is another material: dropped
 MIN_HEAD_PIXELS, MIN_FACE_CELLS = 150, 8
 COLORED_CHROMA = 0.7  # illuminant chroma above this: a coloured light (scene colours alone reach ~0.65)
 _EPS = 1e-4
