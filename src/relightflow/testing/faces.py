@@ -93,10 +93,13 @@ def _face_relief(u: np.ndarray, v: np.ndarray, w: np.ndarray, rng: np.random.Gen
     depth = rng.uniform(0.8, 1.2)
     relief = (0.30 * nose + depth * (0.07 * brow - 0.13 * sockets + 0.05 * eyeballs) + 0.04 * cheeks
               + 0.035 * lips + 0.04 * chin)  # fmt: skip
-    return relief * w**0.5, u0, tip_v
+    return relief * w**0.5, u0
 
 
-def _face_albedo(u, v, u0, tip_v, skin, hair, rng, shape):
+def _face_albedo(
+    u: np.ndarray, v: np.ndarray, u0: float, skin: np.ndarray, hair: np.ndarray | None,
+    rng: np.random.Generator, shape: tuple[int, int],
+) -> np.ndarray:  # fmt: skip
     """Skin with texture, eyebrows, eyes, lips and hair, for head coordinates ``(u, v)``."""
     uf = u - u0
     texture = 1.0 + 0.07 * fbm(shape, rng, base=6, octaves=4)
@@ -124,7 +127,10 @@ def _face_albedo(u, v, u0, tip_v, skin, hair, rng, shape):
     return albedo
 
 
-def _hair(xx, yy, head: tuple[float, ...], uv: tuple[np.ndarray, np.ndarray], hair, rng, n: int):
+def _hair(
+    xx: np.ndarray, yy: np.ndarray, head: tuple[float, ...], uv: tuple[np.ndarray, np.ndarray],
+    hair: np.ndarray, rng: np.random.Generator, n: int,
+) -> tuple[np.ndarray, ...]:  # fmt: skip
     """A hair volume around the head's top (and sides, for long hair): (inside, depth, normals, albedo)."""
     cx, cy, rx, ry, rz = head
     u, v = uv
@@ -150,13 +156,13 @@ def _figure(scene: FaceScene, rng: np.random.Generator, n: int):
     hx, hy = cx + (xx - cx) * cos_r + (yy - cy) * sin_r, cy - (xx - cx) * sin_r + (yy - cy) * cos_r
     inside, depth, base, w = ellipsoid(hx, hy, (cx, cy, 0.55 * n), (rx, ry, rz))
     u, v = (hx - cx) / rx, (hy - cy) / ry - pitch
-    relief, u0, tip_v = _face_relief(u, v, w, rng, yaw)
+    relief, u0 = _face_relief(u, v, w, rng, yaw)
     normals = relief_normals(base, w, relief * rz, rz)
     normals[..., :2] = np.stack([normals[..., 0] * cos_r - normals[..., 1] * sin_r,
                                  normals[..., 0] * sin_r + normals[..., 1] * cos_r], axis=-1)  # fmt: skip
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.9, 1.1, 3)
     hair = None if rng.random() < 0.1 else HAIR_COLORS[rng.integers(len(HAIR_COLORS))]
-    face_albedo = _face_albedo(u, v, u0, tip_v, skin, hair, rng, (n, n))
+    face_albedo = _face_albedo(u, v, u0, skin, hair, rng, (n, n))
     head = (inside, depth + relief * rz, normals, face_albedo)
     parts = [head] if hair is None else [head, _hair(hx, hy, (cx, cy, rx, ry, rz), (u, v), hair, rng, n)]
     neck_r = 0.075 * n * scale
