@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from relightflow.captions.measure import measure_lighting
 from relightflow.images import load_rgb
 from relightflow.testing import Scene, render_scene
 
-DEFAULT_EVALDATA = Path(__file__).resolve().parents[2] / "shared" / "evaldata"
+DEFAULT_EVALDATA = Path(
+    os.environ.get("RELIGHTFLOW_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata")
+)
 
 
 def rendered_scenes(n_seeds: int = 2, size: int = 192) -> pd.DataFrame:

@@ -4,10 +4,14 @@
 # shard's downstream jobs. Scoring params carry only what shapes scores (backend + its section);
 # selection params only selection keys: a prompt change reruns score + select, a split change only select.
 
+from relightflow.filter.combined import backend_config
+
 FILTER = config["filter"]
 FILTER_BACKEND = FILTER["backend"]
+FILTER_CFG = backend_config(FILTER, FILTER_BACKEND)  # clip+stats: filter.clip + filter.gate
+FILTER_GPU = FILTER_BACKEND in ("clip", "clip+stats")
 SELECT_KEYS = ("num_images", "threshold", "top_fraction", "min_side", "splits", "dedup")
-FILTER_WORKERS = FILTER[FILTER_BACKEND]["num_workers"]  # decode workers of the data path
+FILTER_WORKERS = FILTER_CFG["num_workers"]  # decode workers of the data path
 
 
 rule score_lighting:
@@ -19,7 +23,7 @@ rule score_lighting:
         stats=f"{RESULTS}/filter/stats/{{shard}}.json",
     params:
         backend=FILTER_BACKEND,
-        cfg=FILTER[FILTER_BACKEND],
+        cfg=FILTER_CFG,
         images=config["images"],
     threads: FILTER_WORKERS + 1
     log:
@@ -27,8 +31,8 @@ rule score_lighting:
     benchmark:
         f"{RESULTS}/benchmarks/filter/score_lighting/{{shard}}.tsv"
     resources:
-        gpu=1 if FILTER_BACKEND == "clip" else 0,
-        mem_mb=8000 if FILTER_BACKEND == "clip" else 2000,
+        gpu=1 if FILTER_GPU else 0,
+        mem_mb=8000 if FILTER_GPU else 2000,
         runtime=60,
     conda:
         "../envs/clip.yaml"

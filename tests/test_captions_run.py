@@ -13,7 +13,7 @@ from chat_server import DEFAULT_DESCRIPTION
 from relightflow.captions.providers import make_captioner
 from relightflow.captions.providers.base import chat_messages
 from relightflow.captions.providers.vllm_offline import VLLMCaptioner, llm_kwargs, visible_gpu_count
-from relightflow.captions.run import COLUMNS, CaptionStage
+from relightflow.captions.run import COLUMNS, MEASURE_VERSION, CaptionStage
 from relightflow.config import section
 from relightflow.images import save_image
 from relightflow.manifest import read_json, read_table, write_table
@@ -60,7 +60,7 @@ def test_measured_provider_captions_a_shard(tmp_path: Path) -> None:
     assert (
         caps.loc["id2", "light_direction"] == "bottom" and caps.loc["id2", "color_temperature"] == "neutral"
     )
-    assert set(caps["source"]) == {"measured/measure-v1"} and caps["measured_mask_used"].all()
+    assert set(caps["source"]) == {f"measured/{MEASURE_VERSION}"} and caps["measured_mask_used"].all()
     assert not caps["cache_hit"].any() and caps["vlm_direction"].isna().all()
     rejects = res["rejects"].set_index("image_id")["reason"]
     assert (

@@ -14,6 +14,7 @@ from relightflow.captions.providers import PROVIDERS
 from relightflow.captions.render import MODES
 from relightflow.filter.score import BACKENDS
 from relightflow.filter.select import SPLITS
+from relightflow.pairs.albedo import ALBEDOS, METHODS
 from relightflow.pairs.degrade import BACKGROUNDS, KINDS
 from relightflow.pairs.segment import SEGMENTERS
 
@@ -44,6 +45,7 @@ def test_schema_enums_are_the_code_registries() -> None:
     assert config.enums("pairs.segmenter") == list(SEGMENTERS)
     assert config.enums("pairs.degradations.kind") == list(KINDS)
     assert config.enums("pairs.background") == list(BACKGROUNDS)
+    assert config.enums("pairs.albedo") == list(ALBEDOS) and config.enums("pairs.retinex.method") == list(METHODS)
     assert config.enums("filter.backend") == list(BACKENDS)
     assert config.enums("captions.provider") == list(PROVIDERS)
     assert config.enums("captions.attributes") == list(MODES)

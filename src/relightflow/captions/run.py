@@ -49,10 +49,10 @@ from relightflow.shards import Outcome, ShardStage, Stats, item_context
 log = logging.getLogger(__name__)
 
 STAGE = "captions"
-MEASURE_VERSION = "measure-v1"
+MEASURE_VERSION = "measure-v2"  # v2: face-fit direction with per-axis confidences
 MEASURED_KEYS = ("horizontal", "vertical", "direction", "backlit", "color_temperature", "warmth", "light_color",
                  "contrast", "hardness", "key", "light_type", "direction_confidence", "horizontal_confidence",
-                 "vertical_confidence", "color_confidence", "mask_used")  # fmt: skip
+                 "vertical_confidence", "color_confidence", "light_azimuth", "light_elevation", "mask_used")  # fmt: skip
 VLM_KEYS = ("light_source", "direction", "color_temperature", "hardness", "setting", "phrase")
 COLUMNS = [
     "image_id", "path", "instruction", "source", "light_direction", "color_temperature", "prompt_version",

@@ -35,7 +35,7 @@ SCORE_COLUMNS = [
     "model",
     "phash",
 ]
-STATS_VERSION = "stats-v1"
+STATS_VERSION = "stats-v2"  # v2: metered exposure, no dead zones (scores still rank)
 
 
 def stats_features(img: np.ndarray, max_side: int) -> np.ndarray:
@@ -69,17 +69,22 @@ class StatsScorer:
         return {"model": STATS_VERSION, "max_side": self.max_side}
 
 
-BACKENDS = ("clip", "stats")
+BACKENDS = ("clip", "stats", "clip+stats")
 
 
 def make_scorer(backend: str, cfg: dict[str, Any]):
-    """The scorer registered under ``backend`` (:data:`BACKENDS`), built from its config section."""
+    """The scorer registered under ``backend`` (:data:`BACKENDS`), built from its config section (for
+    ``clip+stats``: :func:`relightflow.filter.combined.backend_config`)."""
     if backend == "stats":
         return StatsScorer(cfg)
     if backend == "clip":
         from relightflow.filter.clip import ClipScorer
 
         return ClipScorer(cfg)
+    if backend == "clip+stats":
+        from relightflow.filter.combined import ClipStatsScorer
+
+        return ClipStatsScorer(cfg)
     raise ValueError(f"unknown filter.backend {backend!r} (expected one of {BACKENDS})")
 
 

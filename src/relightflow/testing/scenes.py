@@ -53,11 +53,9 @@ def _ellipsoid(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, 
     return inside, normals
 
 
-def render_scene(scene: Scene | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Render ``(image uint8 HxWx3, subject mask HxW bool, ground-truth dict)``."""
-    scene = scene or Scene(**kwargs)
+def _scene_linear(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(linear radiance before exposure, subject mask, albedo)`` of a scene (draws from ``rng``)."""
     n = scene.size
-    rng = np.random.default_rng(scene.seed)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
     head_in, head_n = _ellipsoid(xx, yy, 0.5 * n, 0.40 * n, 0.20 * n, 0.26 * n)
     body_in, body_n = _ellipsoid(xx, yy, 0.5 * n, 1.05 * n, 0.42 * n, 0.36 * n)
@@ -76,8 +74,26 @@ def render_scene(scene: Scene | None = None, **kwargs) -> tuple[np.ndarray, np.n
     shading = scene.ambient + (1.0 - scene.ambient) * lambert[..., None] * color
     subject = albedo * shading
     wall = wall_albedo * (scene.ambient + (1 - scene.ambient) * wall_shading * color)
-    linear = np.where(mask[..., None], subject, wall) * scene.exposure
-    srgb = np.clip(linear, 0.0, 1.0) ** (1 / 2.2)
+    linear = np.where(mask[..., None], subject, wall)
+    return linear, mask, np.where(mask[..., None], albedo, wall_albedo)
+
+
+def scene_layers(scene: Scene | None = None, **kwargs):
+    """The :class:`relightflow.testing.faces.Layers` of :func:`render_scene`: linear radiance (exposure
+    applied, before clipping and encoding), albedo, subject mask and ground truth."""
+    from relightflow.testing.faces import Layers
+
+    scene = scene or Scene(**kwargs)
+    linear, mask, albedo = _scene_linear(scene, np.random.default_rng(scene.seed))
+    return Layers(linear * scene.exposure, albedo, mask, asdict(scene))
+
+
+def render_scene(scene: Scene | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Render ``(image uint8 HxWx3, subject mask HxW bool, ground-truth dict)``."""
+    scene = scene or Scene(**kwargs)
+    rng = np.random.default_rng(scene.seed)
+    linear, mask, _ = _scene_linear(scene, rng)
+    srgb = np.clip(linear * scene.exposure, 0.0, 1.0) ** (1 / 2.2)
     image = np.clip(srgb * 255.0 + rng.normal(0, 1.0, srgb.shape), 0, 255).astype(np.uint8)
     return image, mask, asdict(scene)
 
