@@ -332,7 +332,7 @@ def find_face(
     if mask is not None:
         head = find_head(mask)
         return (*face_of_head(linear, head), "head") if head is not None else (None, None, "")
-    from relightflow.pairs.segment import detect_face
+    from relightflow.faces import detect_face
 
     box = detect_face(image, work_side=WORK_SIDE)
     return (*face_of_box(linear, box), "face") if box is not None else (None, None, "")
