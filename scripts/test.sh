@@ -11,4 +11,6 @@ if command -v slurmctld >/dev/null && [ "$(id -u)" = 0 ]; then
   bash scripts/local-slurm.sh up --no-install
   export RELIGHTFLOW_REQUIRE_SLURM=1
 fi
-exec "$VENV/bin/pytest" -q "$@"
+# Two workers (the machine's cores); a test file stays on one worker, so a file's shared fixture (the demo
+# run, a workflow's upstream) is built once and the Slurm tests never run beside each other.
+exec "$VENV/bin/pytest" -q -n "${RELIGHTFLOW_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -1,6 +1,7 @@
-"""The demo workflow end to end on the CPU, then `snakemake --report`, rendered in headless chromium.
+"""The demo workflow end to end on the CPU (one run shared by every test here), then `snakemake --report`,
+rendered in headless chromium.
 
-Checks: the evaluation ran with its baselines; the report holds every stage's flagged results with
+Checks: the model trained; counts reconcile in every stage; the evaluation ran with its baselines; the report holds every stage's flagged results with
 rendered captions; every image of the report decodes in the browser; no link points at a missing file;
 the screenshot (with the evaluation grid opened) is not blank.
 """
@@ -14,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import REPO
 
@@ -82,3 +84,37 @@ def test_report_renders_in_chromium(demo_run: Path, chromium: str, tmp_path: Pat
     image = load_rgb(shot).astype(np.float32)
     assert image.shape[0] >= 600 and image.shape[1] >= 1000
     assert image.std() > 20 and (image.min(axis=2) < 200).mean() > 0.2  # the opened grid fills the page
+
+
+def test_demo_trains_the_tiny_model(demo_run: Path) -> None:
+    summary = json.loads((demo_run / "results/train/summary.json").read_text())
+    assert summary["steps"] == 24 and summary["loss_last"] < summary["loss_first"]
+    assert (demo_run / "results/train/model/model_index.json").exists()
+    assert (demo_run / "results/train/model/relightflow_model.json").exists()
+    assert (demo_run / "results/train/checkpoints/checkpoint-24").is_dir()
+
+
+def test_demo_counts_reconcile_in_every_stage(demo_run: Path) -> None:
+    """Images in = kept + rejected, shard by shard and stage by stage; nothing is lost between stages."""
+    results = demo_run / "results"
+    for stats_file in results.glob("*/stats/**/*.json"):
+        stats = json.loads(stats_file.read_text())
+        if "n_in" in stats:
+            assert stats["n_in"] == stats["n_kept"] + stats["n_rejected"], stats_file
+    ingest = json.loads((results / "ingest/stats.json").read_text())
+    assert ingest["n_rejected"] == 2  # the two broken demo files, with reasons
+    kept = sum(len(pd.read_parquet(p)) for p in (results / "ingest/manifests").glob("*.parquet"))
+    selection = pd.read_parquet(results / "filter/selection.parquet")
+    unselected = pd.read_parquet(results / "filter/unselected.parquet")
+    scored = sum(len(pd.read_parquet(p)) for p in (results / "filter/scores").glob("*.parquet"))
+    filter_rejects = sum(len(pd.read_parquet(p)) for p in (results / "filter/rejects").glob("*.parquet"))
+    assert kept == scored + filter_rejects and scored == len(selection) + len(unselected)
+    pairs = pd.concat(pd.read_parquet(p) for p in (results / "pairs/manifests").glob("*.parquet"))
+    captions = pd.concat(pd.read_parquet(p) for p in (results / "captions").glob("*.parquet"))
+    assert set(pairs["image_id"]) <= set(selection["image_id"])
+    assert captions["instruction"].str.len().gt(0).all()
+    exported = sum(
+        json.loads((results / f"dataset/stats/{s}.json").read_text())["n_kept"]
+        for s in ("train", "val", "test")
+    )
+    assert exported == len(pairs.merge(captions[["image_id"]], on="image_id"))
