@@ -6,6 +6,6 @@ from relightflow.shards import run_rule
 
 with logged(snakemake.log[0]):
     out = snakemake.output
-    stage = DegradeStage(snakemake.input.segments, snakemake.params.cfg, snakemake.params.seed, out.images,
-                         out.contact_sheet, threads=snakemake.threads)  # fmt: skip
+    stage = DegradeStage(segments=snakemake.input.segments, cfg=snakemake.params.cfg, seed=snakemake.params.seed,
+                         images_dir=out.images, contact_path=out.contact_sheet, threads=snakemake.threads)  # fmt: skip
     run_rule(snakemake, stage)

@@ -5,4 +5,5 @@ from relightflow.logs import logged
 from relightflow.shards import run_rule
 
 with logged(snakemake.log[0]):
-    run_rule(snakemake, IngestStage(snakemake.input.listing, snakemake.params.root, snakemake.params.cfg))
+    stage = IngestStage(listing=snakemake.input.listing, root=snakemake.params.root, cfg=snakemake.params.cfg)
+    run_rule(snakemake, stage)

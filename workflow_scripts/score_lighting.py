@@ -5,4 +5,5 @@ from relightflow.logs import logged
 from relightflow.shards import run_rule
 
 with logged(snakemake.log[0]):
-    run_rule(snakemake, ScoreStage(snakemake.input.manifest, snakemake.params.backend, snakemake.params.cfg))
+    stage = ScoreStage(manifest=snakemake.input.manifest, backend=snakemake.params.backend, cfg=snakemake.params.cfg)
+    run_rule(snakemake, stage)

@@ -5,5 +5,6 @@ from relightflow.pairs.run import SegmentStage
 from relightflow.shards import run_rule
 
 with logged(snakemake.log[0]):
-    stage = SegmentStage(snakemake.input.selected, snakemake.params.cfg, snakemake.params.cache_dir, snakemake.output.masks)
+    stage = SegmentStage(selected=snakemake.input.selected, cfg=snakemake.params.cfg,
+                         cache_dir=snakemake.params.cache_dir, masks_dir=snakemake.output.masks)  # fmt: skip
     run_rule(snakemake, stage)
