@@ -10,6 +10,9 @@ Usage (CPU, offline; PYTHONPATH=src):
   python benchmarks/eval_instruction_ceiling.py run --images /tmp/big/images --work /tmp/big/work
   # 3. re-export the test split at a resolution and evaluate it (agreement with intervals, seconds)
   python benchmarks/eval_instruction_ceiling.py evaluate --work /tmp/big/work --resolution 64 --out /tmp/big/e64
+  # 4. the figure: target / model / identity agreement of several evaluations (old ones too)
+  python benchmarks/eval_instruction_ceiling.py figure --out fig.png --run "before=/tmp/old/metrics.parquet" \
+      --run "after=/tmp/big/e64/metrics.parquet"
 
 ``evaluate`` re-exports the test split from the run's pairs and captions (so the dataset carries the
 caption's measurement: mask, size, version), evaluates it with the run's model and prints one line per
@@ -20,6 +23,7 @@ system: direction / temperature agreement, 95 % interval and n, plus the verdict
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -95,13 +99,15 @@ def export_test(work: Path, out: Path, resolution: int | None, unmasked: bool = 
 
     from relightflow.dataset import export_split
 
+    work, out = work.resolve(), out.resolve()
     results = work / "results"
-    shards = sorted(p.stem for p in (results / "captions").glob("*.parquet"))
+    shards = sorted(p.stem for p in (results / "captions").glob("[0-9]*.parquet"))
     split = out / "dataset" / "test"
-    export_split("test", results / "filter/selection.parquet",
-                 [results / "pairs/manifests" / f"{s}.parquet" for s in shards],
-                 [results / "captions" / f"{s}.parquet" for s in shards], split, out / "export_stats.json",
-                 out / "export_rejects.parquet", {"resolution": resolution})  # fmt: skip
+    with contextlib.chdir(work):  # the manifests' paths are relative to the run's working directory
+        export_split("test", results / "filter/selection.parquet",
+                     [results / "pairs/manifests" / f"{s}.parquet" for s in shards],
+                     [results / "captions" / f"{s}.parquet" for s in shards], split, out / "export_stats.json",
+                     out / "export_rejects.parquet", {"resolution": resolution})  # fmt: skip
     if unmasked:  # the columns emptied: every image measured whole, at the size it is given
         for f in split.glob("data-*.parquet"):
             table = pq.read_table(f)
@@ -126,6 +132,54 @@ def evaluate(work: Path, out: Path, resolution: int | None, unmasked: bool = Fal
                              cfg, seed, "cpu")  # fmt: skip
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
+
+
+def agreements(table_path: Path, seed: int = 0) -> dict[str, dict[str, tuple[float, float, float, int]]]:
+    """Per system and agreement: (mean, low, high, n) recomputed from a per-image ``metrics.parquet`` (of this
+    evaluation or an older one), with the same bootstrap as ``metrics.json``."""
+    from relightflow.evaluate.intervals import bootstrap_mean, seeded
+    from relightflow.evaluate.summary import numeric
+    from relightflow.manifest import read_table
+
+    frame = numeric(read_table(table_path))
+    out: dict[str, dict[str, tuple[float, float, float, int]]] = {}
+    for system, rows in frame.groupby("system", sort=False):
+        for col, name in (("direction_ok", "direction"), ("temperature_ok", "temperature")):
+            est = bootstrap_mean(rows[col], rows["unit"], seeded(seed, str(system), f"{name}_agreement"))
+            if est is not None:
+                low, high = (est.mean, est.mean) if est.low is None else (est.low, est.high)
+                out.setdefault(str(system), {})[name] = (est.mean, low, high, est.n)
+    return out
+
+
+def figure(runs: dict[str, Path], path: Path) -> list[str]:
+    """Target / model / identity agreement with intervals, one group of bars per run; the lines printed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = {label: agreements(table) for label, table in runs.items()}
+    systems = ("target", "model", "identity")
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 1.6 * len(runs), 4.2), constrained_layout=True, sharey=True)
+    lines = []
+    for ax, attribute in zip(axes, ("direction", "temperature"), strict=True):
+        width = 0.8 / len(systems)
+        for i, system in enumerate(systems):
+            values = [results[label].get(system, {}).get(attribute, (np.nan, np.nan, np.nan, 0)) for label in runs]
+            means = np.array([v[0] for v in values])
+            err = np.array([[v[0] - v[1], v[2] - v[0]] for v in values]).T
+            x = np.arange(len(runs)) + (i - 1) * width
+            ax.bar(x, means, width, yerr=err, capsize=3, label="target (ceiling)" if system == "target" else system)
+            lines += [f"{label:>28} {attribute:>11} {system:>8}: {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] n={v[3]}"
+                      for label, v in zip(runs, values, strict=True)]  # fmt: skip
+        ax.set_xticks(np.arange(len(runs)), list(runs), rotation=15, fontsize=8)
+        ax.set_title(f"{attribute} agreement (95 % interval)")
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return sorted(lines, key=lambda line: line.split(":")[0].split()[1:])
 
 
 def agreement_lines(summary: dict) -> list[str]:
@@ -159,9 +213,15 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=None, help="export resolution (shorter side); none: as stored")
     p.add_argument("--unmasked", action="store_true", help="drop the measurement provenance columns")
     p.add_argument("--json", type=Path, default=None)
+    p = sub.add_parser("figure", help="agreement with intervals of several evaluations, from their metrics.parquet")
+    p.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS.PARQUET")
+    p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "inputs":
         print(f"{make_inputs(args.out, args.n, args.seed)} images under {args.out}")
+    elif args.command == "figure":
+        runs = {label: Path(path) for label, path in (item.split("=", 1) for item in args.run)}
+        print("\n".join(figure(runs, args.out)))
     elif args.command == "run":
         print(f"workflow: {run_workflow(args.images, args.work, args.cores, args.max_steps):.0f} s")
     else:

@@ -129,7 +129,8 @@ def test_target_reaches_its_instruction_and_systems_score_by_what_they_do(upstre
     assert summary["verdict"].startswith("follows vs identity") and "direction agreement +1 [+1, +1]" in summary["verdict"]
     assert summary["measurement"] == {"function": "relightflow.captions.measure.measure_lighting",
                                       "version": MEASURE_VERSION, "dataset_versions": {MEASURE_VERSION: N},
-                                      "with_mask": N, "without_mask": 0, "version_mismatch": 0}  # fmt: skip
+                                      "with_mask": N, "without_mask": 0, "version_mismatch": 0,
+                                      "enlarged": 0 if resolution is None else N}  # fmt: skip
     table = read_table(out["table"])
     assert table.measured_with_mask.all()
     assert read_json(out["metrics"]) == summary

@@ -89,6 +89,7 @@ class Evaluation:
             "with_mask" if t.mask is not None else "without_mask": 1,
             f"version {version or 'unknown'}": 1,
             "version_mismatch" if version and version != MEASURE_VERSION else "version_ok": 1,
+            "enlarged" if side and max(t.target.shape[:2]) < side else "not_enlarged": 1,
         })  # fmt: skip
         return Measurement(t.mask, side, version)
 
@@ -171,7 +172,7 @@ class Evaluation:
         return {"function": "relightflow.captions.measure.measure_lighting", "version": MEASURE_VERSION,
                 "dataset_versions": {k[8:]: v for k, v in sorted(counts.items()) if k.startswith("version ")},
                 "with_mask": counts["with_mask"], "without_mask": counts["without_mask"],
-                "version_mismatch": counts["version_mismatch"]}  # fmt: skip
+                "version_mismatch": counts["version_mismatch"], "enlarged": counts["enlarged"]}  # fmt: skip
 
     def write(self, stats: Stats, extra: dict[str, Any], seed: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -207,6 +208,10 @@ class Evaluation:
             notes.append(f"WARNING: {m['version_mismatch']} triplets were captioned with another measure version "
                          f"({m['dataset_versions']}) than this evaluation's ({m['version']}): the target row "
                          "shows what that costs.")  # fmt: skip
+        if m["enlarged"]:
+            notes.append(f"{m['enlarged']} triplets are exported smaller than their caption measured them "
+                         "(dataset.resolution below the measuring size): their images are enlarged to be measured "
+                         "and lose detail; the target row shows what that costs.")  # fmt: skip
         notes += [f"{k} skipped: {v['skipped_reason']}" for k, v in extra.items()
                   if isinstance(v, dict) and v.get("skipped_reason")]  # fmt: skip
         return notes
