@@ -3,8 +3,9 @@
 # instruction was made (the caption's subject mask and measuring size, carried by the dataset) with the real
 # target as the ceiling, give every mean its n and a seeded bootstrap interval, say in one line whether the
 # model beats doing nothing (paired bootstrap vs identity), and draw comparison grids. Then the report
-# extras: caption examples of the exported dataset, the survival table (images in -> kept, stage by stage, and the pairs' measured change per
-# degradation kind) and the per-rule runtimes table built from every job's `benchmark:` file.
+# extras: caption examples of the exported dataset, the survival table (images in -> kept, stage by stage,
+# and the pairs' measured change per degradation kind) and the per-rule runtimes table built from every
+# job's `benchmark:` file.
 
 EVALUATE = config["evaluate"]
 EVAL_SPLIT = EVALUATE["split"]
