@@ -14,11 +14,11 @@ import pytest
 from relightflow.captions.measure import WORK_SIDE
 from relightflow.captions.run import MEASURE_VERSION, caption_row, load_item
 from relightflow.config import section
-from relightflow.dataset import export_split, load_split, write_webdataset
-from relightflow.evaluate.data import iter_triplets
+from relightflow.dataset import encode_mask, export_split, load_split, write_webdataset
+from relightflow.evaluate.data import iter_rows, iter_triplets, to_triplet
 from relightflow.evaluate.instruction import instruction_following
 from relightflow.evaluate.run import Evaluation
-from relightflow.images import load_mask, save_image
+from relightflow.images import ImageError, load_mask, save_image
 from relightflow.manifest import read_json, read_table, write_table
 from relightflow.shards import Stats
 from relightflow.testing import Scene, render_scene
@@ -82,6 +82,9 @@ def test_captions_state_the_subjects_side_and_the_export_carries_their_measureme
         assert row["edited_image"].size == (64, 64)  # the images are exported smaller, the mask is not
     triplet = next(iter_triplets(split, 2))[0]
     assert triplet.mask.shape == (SIZE, SIZE) and "subject_mask" not in triplet.meta
+    wrong = {**next(iter_rows(split, 1))[0], "subject_mask": {"bytes": encode_mask(np.ones((10, 30), bool)), "path": None}}
+    with pytest.raises(ImageError, match="does not match the target"):
+        to_triplet(wrong)  # a mask of another shape is a reject, never a silent misfit
     tars = write_webdataset(split, tmp_path / "wds")
     assert tars == N and any(p.suffix == ".tar" for p in (tmp_path / "wds").iterdir())
 

@@ -98,6 +98,8 @@ def to_triplet(row: dict[str, Any]) -> Triplet:
         mask = decode_mask(row.get(MASK))
     except ImageError as e:
         raise ImageError(f"subject mask unreadable: {e}") from e
+    if mask is not None and abs(mask.shape[0] / mask.shape[1] - target.shape[0] / target.shape[1]) > 0.02:
+        raise ImageError(f"subject mask {mask.shape} does not match the target {target.shape[:2]}")
     meta = {k: v for k, v in row.items() if k not in (INPUT, TARGET, PROMPT, MASK, "key")}
     return Triplet(row["key"], source, instruction.strip(), target, meta, mask)
 
