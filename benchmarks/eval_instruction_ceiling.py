@@ -10,7 +10,9 @@ Usage (CPU, offline; PYTHONPATH=src):
   python benchmarks/eval_instruction_ceiling.py run --images /tmp/big/images --work /tmp/big/work
   # 3. re-export the test split at a resolution and evaluate it (agreement with intervals, seconds)
   python benchmarks/eval_instruction_ceiling.py evaluate --work /tmp/big/work --resolution 64 --out /tmp/big/e64
-  # 4. the figure: target / model / identity agreement of several evaluations (old ones too)
+  # 4. old vs new measuring and summary seconds (per image / per summary) on that split
+  python benchmarks/eval_instruction_ceiling.py timing --out /tmp/big/e64
+  # 5. the figure: target / model / identity agreement of several evaluations (old ones too)
   python benchmarks/eval_instruction_ceiling.py figure --out fig.png --run "before=/tmp/old/metrics.parquet" \
       --run "after=/tmp/big/e64/metrics.parquet"
 
@@ -182,6 +184,36 @@ def figure(runs: dict[str, Path], path: Path) -> list[str]:
     return sorted(lines, key=lambda line: line.split(":")[0].split()[1:])
 
 
+def timing(split: Path, table_path: Path, repeats: int = 3) -> dict[str, float]:
+    """Seconds of the parts of scoring that this evaluation changed, old way vs new, on an exported split:
+    measuring one image whole at export size vs with the caption's mask at its size, and the plain means
+    vs the summary with bootstrap intervals and paired comparisons (``metrics.parquet`` of that split)."""
+    from relightflow.evaluate.data import iter_triplets
+    from relightflow.evaluate.instruction import Measurement
+    from relightflow.evaluate.summary import METRICS, summarize
+    from relightflow.manifest import read_table
+
+    triplets = [t for batch in iter_triplets(split, 16) for t in batch]
+    ways = {"measure_whole_at_export_size": lambda t: Measurement(),
+            "measure_with_mask_at_caption_size": lambda t: Measurement(t.mask, t.meta.get("measure_side"))}  # fmt: skip
+    out: dict[str, float] = {"triplets": len(triplets)}
+    for name, way in ways.items():
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for t in triplets:
+                way(t)(t.target)
+        out[name] = (time.perf_counter() - t0) / (repeats * len(triplets))
+    frame = read_table(table_path)
+    systems = list(dict.fromkeys(frame["system"]))
+    t0 = time.perf_counter()
+    frame.groupby("system")[[c for c in METRICS if c in frame]].agg(lambda c: c.astype(float).mean())
+    out["plain_means"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summarize(frame, systems)
+    out["summary_with_intervals"] = time.perf_counter() - t0
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 def agreement_lines(summary: dict) -> list[str]:
     """One line per system: direction and temperature agreement with interval and n."""
     lines = []
@@ -213,12 +245,16 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=None, help="export resolution (shorter side); none: as stored")
     p.add_argument("--unmasked", action="store_true", help="drop the measurement provenance columns")
     p.add_argument("--json", type=Path, default=None)
+    p = sub.add_parser("timing", help="old vs new measuring and summary seconds on an evaluated split")
+    p.add_argument("--out", type=Path, required=True, help="the --out folder of an `evaluate` run")
     p = sub.add_parser("figure", help="agreement with intervals of several evaluations, from their metrics.parquet")
     p.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS.PARQUET")
     p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "inputs":
         print(f"{make_inputs(args.out, args.n, args.seed)} images under {args.out}")
+    elif args.command == "timing":
+        print(json.dumps(timing(args.out / "dataset/test", args.out / "metrics.parquet")))
     elif args.command == "figure":
         runs = {label: Path(path) for label, path in (item.split("=", 1) for item in args.run)}
         print("\n".join(figure(runs, args.out)))

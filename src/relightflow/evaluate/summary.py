@@ -218,8 +218,9 @@ def write_html(path: str | os.PathLike, summary: dict[str, Any], notes: Sequence
     if summary.get("verdict"):
         parts.append(f"<p class='verdict'>{html.escape(summary['verdict'])}</p>")
     parts.append(f"<p>Cells: mean [{boot.get('level', LEVEL):.0%} bootstrap interval over images, "
-                 f"{boot.get('resamples', RESAMPLES)} seeded resamples] n = rows with a value. Group cells with "
-                 f"fewer than {boot.get('min_cell_n', MIN_CELL)} rows are hidden.</p>")  # fmt: skip
+                 f"{boot.get('resamples', RESAMPLES)} seeded resamples] n = rows with a value. An interval shrinks "
+                 "to a point when every image has the same value (e.g. all agree): read it with its n. Group "
+                 f"cells with fewer than {boot.get('min_cell_n', MIN_CELL)} rows are hidden.</p>")  # fmt: skip
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     systems = summary["metrics"]
     if any(f"{m}_n" in c for c in systems.values() for m in AGREEMENTS):
