@@ -239,6 +239,10 @@ def test_summary_intervals_hidden_cells_and_verdict(tmp_path: Path) -> None:
     assert paired["ssim"]["verdict"] == "no difference" and paired["direction_agreement"]["verdict"] == "better"
     assert summary["verdict"].startswith("model vs identity") and "BEATS identity" in summary["verdict"]
     assert "\n" not in summary["verdict"]
+    # identity already agrees on temperature wherever the target does: that agreement cannot rank models
+    assert summary["discrimination"]["direction_agreement"]["informative"] is True
+    assert summary["discrimination"]["temperature_agreement"] == {"target_minus_identity": 0.0, "ci": [0.0, 0.0],
+                                                                  "n": 12, "informative": False}  # fmt: skip
     # group cells with fewer than 5 rows keep their counts only
     assert summary["by_degradation"]["flat"]["model"]["psnr_n"] == 8 and "psnr" in summary["by_degradation"]["flat"]["model"]
     low = summary["by_degradation"]["low_key"]["model"]
@@ -248,6 +252,7 @@ def test_summary_intervals_hidden_cells_and_verdict(tmp_path: Path) -> None:
     write_html(tmp_path / "m.html", summary, ["a note"])
     html = (tmp_path / "m.html").read_text()
     assert "target (ceiling)" in html and "BEATS identity" in html and "a note" in html
+    assert "WARNING: temperature agreement cannot tell a perfect model from doing nothing" in html
     assert "n=4 (hidden, n&lt;5)" in html and "1.000 [1.000, 1.000] n=12" in html
     plot_summary(tmp_path / "m.png", summary)
     assert load_rgb(tmp_path / "m.png").std() > 10

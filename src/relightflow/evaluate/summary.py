@@ -99,6 +99,27 @@ def compare(frame: pd.DataFrame, system: str, seed: int, reference: str = IDENTI
     return out
 
 
+def discrimination(frame: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """Can an agreement tell a perfect model from doing nothing? Per agreement, the paired difference
+    ``target - identity``: ``informative`` only when its interval lies above 0 (on data whose degraded inputs
+    already show the asked lighting — e.g. a background kept as is, where a masked caption measured the colour
+    temperature — identity scores the ceiling and the agreement says nothing about a model)."""
+    out = {}
+    for name, c in compare(frame, TARGET, seed).items():
+        if name in AGREEMENTS:
+            out[name] = {"target_minus_identity": c["difference"], "ci": c["ci"], "n": c["n"],
+                         "informative": c["verdict"] == "better"}  # fmt: skip
+    return out
+
+
+def discrimination_notes(summary: dict[str, Any]) -> list[str]:
+    """A warning line per agreement that cannot tell the real target from doing nothing on this split."""
+    return [f"{LABELS[name]} cannot tell a perfect model from doing nothing here: target − identity = "
+            f"{_signed(d['target_minus_identity'])}" + (f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]" if d["ci"] else "")
+            + f" (n={d['n']}); the degraded inputs already show what the instruction asks."
+            for name, d in summary.get("discrimination", {}).items() if not d["informative"]]  # fmt: skip
+
+
 def _signed(x: float) -> str:
     return f"{x:+.3g}"
 
@@ -133,11 +154,13 @@ def summarize(frame: pd.DataFrame, systems: Sequence[str], extra: dict[str, Any]
         if summary["comparisons"]:
             first = next(iter(summary["comparisons"]))
             summary["verdict"] = verdict_line(first, summary["comparisons"][first], n_images)
+        if TARGET in systems:
+            summary["discrimination"] = discrimination(frame, seed)
     for column, name in GROUPS.items():
         if column in frame and frame[column].notna().any():
             summary[name] = {
                 str(value): by_system(group, systems, seed, [column, str(value)], MIN_CELL)
-                for value, group in frame.groupby(frame[column].fillna("unknown").astype(str), sort=True)
+                for value, group in frame.groupby(frame[column].fillna("(not stated)").astype(str), sort=True)
             }
     summary.update(extra or {})
     return summary
@@ -221,6 +244,7 @@ def write_html(path: str | os.PathLike, summary: dict[str, Any], notes: Sequence
                  f"{boot.get('resamples', RESAMPLES)} seeded resamples] n = rows with a value. An interval shrinks "
                  "to a point when every image has the same value (e.g. all agree): read it with its n. Group "
                  f"cells with fewer than {boot.get('min_cell_n', MIN_CELL)} rows are hidden.</p>")  # fmt: skip
+    parts += [f"<p class='verdict'>WARNING: {html.escape(n)}</p>" for n in discrimination_notes(summary)]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     systems = summary["metrics"]
     if any(f"{m}_n" in c for c in systems.values() for m in AGREEMENTS):
