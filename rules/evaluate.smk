@@ -1,8 +1,11 @@
 # Evaluate: relight the test split with the trained model (and configured baseline models), score every
-# prediction against the real target (PSNR, SSIM, LPIPS when local), re-measure its lighting against the
-# instruction, and draw comparison grids. Then the report extras: caption examples of the exported
-# dataset, the survival table (images in -> kept, stage by stage, and the pairs' measured change per
-# degradation kind) and the per-rule runtimes table built from every job's `benchmark:` file.
+# prediction against the real target (PSNR, SSIM, LPIPS when local), re-measure its lighting exactly as the
+# instruction was made (the caption's subject mask and measuring size, carried by the dataset) with the real
+# target as the ceiling, give every mean its n and a seeded bootstrap interval, say in one line whether the
+# model beats doing nothing (paired bootstrap vs identity), and draw comparison grids. Then the report
+# extras: caption examples of the exported dataset, the survival table (images in -> kept, stage by stage,
+# and the pairs' measured change per degradation kind) and the per-rule runtimes table built from every
+# job's `benchmark:` file.
 
 EVALUATE = config["evaluate"]
 EVAL_SPLIT = EVALUATE["split"]

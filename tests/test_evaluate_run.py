@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from relightflow.config import section
 from relightflow.dataset import encode_image, export_split, features
 from relightflow.evaluate import caption_examples, evaluate_split, write_runtimes
 from relightflow.evaluate.metrics import psnr
@@ -20,8 +21,8 @@ from relightflow.images import load_rgb
 from relightflow.manifest import read_json, read_table
 from relightflow.testing.tiny_sd import save_tiny_pipeline, write_triplet_fixture
 
-CFG = {"num_inference_steps": 2, "guidance_scale": 3.0, "image_guidance_scale": 1.5, "resolution": 64,
-       "batch_size": 2, "grid_rows": 3, "lpips": False}  # fmt: skip
+CFG = section("evaluate", {"num_inference_steps": 2, "guidance_scale": 3.0, "image_guidance_scale": 1.5,
+                           "resolution": 64, "batch_size": 2, "grid_rows": 3, "lpips": False})  # fmt: skip
 
 
 @pytest.fixture(scope="module")

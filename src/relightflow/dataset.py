@@ -6,6 +6,13 @@ captions table, and streams rows shard by shard into ``data-NNNNN.parquet`` file
 example trainers expect (``input_image``, ``edit_prompt``, ``edited_image``; ``Image`` features in the
 schema's ``huggingface`` metadata, so ``datasets.load_dataset("parquet", ...)`` decodes them) plus
 provenance (image id, variant, degradation and its parameters, caption source, seeds).
+
+The lighting measurement an instruction was made from travels with it, so evaluation re-measures every
+output exactly that way (:mod:`relightflow.evaluate.instruction`): ``subject_mask`` (the caption's subject
+mask as a PNG at its own size, None when the caption measured without one), ``measure_version`` (the
+caption's) and ``measure_side`` (the longer side of the image the measurement worked on: the original at
+:data:`relightflow.captions.measure.WORK_SIDE` or smaller, assuming ``captions.max_side`` and
+``pairs.max_side`` are at least that).
 Optionally the same rows also go to WebDataset tar shards. A row without an instruction, or whose
 images cannot be read, becomes a reject with a reason.
 """
@@ -29,14 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from relightflow.images import ImageError, load_rgb
+from relightflow.images import ImageError, load_mask, load_rgb
 from relightflow.manifest import Reject, iter_batches, read_table, write_rejects
 from relightflow.shards import Stats
 
 log = logging.getLogger(__name__)
 
 STAGE = "dataset"
-IMAGE_COLUMNS = ("input_image", "edited_image")
+IMAGE_COLUMNS = ("input_image", "edited_image", "subject_mask")
 PROVENANCE = {
     "image_id": "string",
     "variant": "int32",
@@ -51,6 +58,8 @@ PROVENANCE = {
     "color_temperature": "string",
     "width": "int32",
     "height": "int32",
+    "measure_version": "string",
+    "measure_side": "int32",
 }
 
 
@@ -77,6 +86,7 @@ def features():
     cols = {"input_image": datasets.Image(), "edit_prompt": datasets.Value("string")}
     cols["edited_image"] = datasets.Image()
     cols.update({k: datasets.Value(v) for k, v in PROVENANCE.items()})
+    cols["subject_mask"] = datasets.Image()
     return datasets.Features(cols)
 
 
@@ -100,6 +110,30 @@ def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
     else:
         Image.fromarray(image).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A bool mask as a 1-bit PNG (what :func:`relightflow.images.load_mask` reads back exactly)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def measurement_provenance(caption: Mapping[str, Any], target_side: int) -> dict[str, Any]:
+    """``subject_mask`` / ``measure_version`` / ``measure_side`` of a row: how its caption measured the
+    original (the mask is read as the caption read it); all None when the caption records no measurement."""
+    from relightflow.captions.measure import WORK_SIDE
+
+    version = _clean(caption.get("measure_version"))
+    if not version:
+        return {"subject_mask": None, "measure_version": None, "measure_side": None}
+    mask_path, mask = _clean(caption.get("mask_path")), None
+    if mask_path:
+        try:
+            mask = {"bytes": encode_mask(load_mask(mask_path)), "path": None}
+        except ImageError as e:
+            raise ImageError(f"mask unreadable: {e}") from e
+    return {"subject_mask": mask, "measure_version": str(version), "measure_side": min(WORK_SIDE, target_side)}
 
 
 def load_selection(path: str | os.PathLike) -> pd.DataFrame:
@@ -130,13 +164,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _load_pair(row: Mapping[str, Any], opts: ExportOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Input and target at export size; ImageError when missing, unreadable or of different sizes."""
+def _load_pair(row: Mapping[str, Any], opts: ExportOptions) -> tuple[np.ndarray, np.ndarray, int]:
+    """Input and target at export size and the target's longer side as stored; ImageError when missing,
+    unreadable or of different sizes."""
     target = load_rgb(row["target_path"])
     degraded = load_rgb(row["input_path"])
     if degraded.shape != target.shape:
         raise ImageError(f"input/target size mismatch: {degraded.shape[:2]} vs {target.shape[:2]}")
-    return fit_shorter_side(degraded, opts.resolution), fit_shorter_side(target, opts.resolution)
+    side = max(target.shape[:2])
+    return fit_shorter_side(degraded, opts.resolution), fit_shorter_side(target, opts.resolution), side
 
 
 def build_row(
@@ -149,7 +185,7 @@ def build_row(
     instruction = _clean((caption or {}).get("instruction"))
     if not instruction or not str(instruction).strip():
         raise ImageError("no instruction")
-    degraded, target = _load_pair(row, opts)
+    degraded, target, stored_side = _load_pair(row, opts)
     fmt, q = opts.image_format, opts.jpeg_quality
     params = _clean(row.get("degradation_params"))
     return {
@@ -169,6 +205,7 @@ def build_row(
         "color_temperature": _clean(caption.get("color_temperature")),
         "width": target.shape[1],
         "height": target.shape[0],
+        **measurement_provenance(caption, stored_side),
     }
 
 
@@ -215,7 +252,7 @@ class RollingParquetWriter:
 
 
 class WebDatasetWriter:
-    """Rows → WebDataset tar shards (``{key}.input.png``, ``.target.png``, ``.txt``, ``.json``)."""
+    """Rows → WebDataset tar shards (``{key}.input.png``, ``.target.png``, ``.mask.png``, ``.txt``, ``.json``)."""
 
     def __init__(self, out_dir: Path, prefix: str, rows_per_file: int, image_format: str):
         self.out_dir, self.prefix, self.rows_per_file = out_dir, prefix, rows_per_file
@@ -237,6 +274,8 @@ class WebDatasetWriter:
         meta = {k: v for k, v in row.items() if k not in IMAGE_COLUMNS}
         self._member(f"{key}.input.{self.ext}", row["input_image"]["bytes"])
         self._member(f"{key}.target.{self.ext}", row["edited_image"]["bytes"])
+        if row.get("subject_mask"):
+            self._member(f"{key}.mask.png", row["subject_mask"]["bytes"])
         self._member(f"{key}.txt", row["edit_prompt"].encode("utf-8"))
         self._member(f"{key}.json", json.dumps(meta, sort_keys=True, default=str).encode("utf-8"))
         self._in_file += 1

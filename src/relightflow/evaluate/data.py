@@ -1,7 +1,9 @@
 """Stream the triplets of an exported dataset split (Hugging Face Parquet files) in bounded batches.
 
 An image column holds what ``datasets.Image`` writes (a struct ``{bytes, path}``) or raw encoded bytes.
-Each triplet gets a unique ``key`` (``image_id`` plus ``variant`` when there is one) that names its
+A row that carries its caption's measurement provenance (``subject_mask``, ``measure_side``,
+``measure_version``: :mod:`relightflow.dataset`) gets its mask decoded with it, so the instruction is
+checked the way it was made. Each triplet gets a unique ``key`` (``image_id`` plus ``variant`` when there is one) that names its
 prediction files and seeds its randomness.
 """
 
@@ -15,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from relightflow.dataset import data_files
-from relightflow.images import ImageError, load_rgb
+from relightflow.images import ImageError, load_mask, load_rgb
 from relightflow.manifest import iter_batches
 
-INPUT, PROMPT, TARGET = "input_image", "edit_prompt", "edited_image"
+INPUT, PROMPT, TARGET, MASK = "input_image", "edit_prompt", "edited_image", "subject_mask"
 
 
 def split_files(split_dir: str | os.PathLike) -> list[str]:
@@ -38,15 +40,25 @@ def decode_image(value: Any) -> np.ndarray:
     return load_rgb(bytes(data or b""))
 
 
+def decode_mask(value: Any) -> np.ndarray | None:
+    """``HxW bool`` subject mask of a ``datasets.Image`` cell; None for an empty cell."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if data is None and isinstance(value, dict) and value.get("path"):
+        return load_mask(value["path"])
+    return None if data is None else load_mask(bytes(data))
+
+
 @dataclass
 class Triplet:
-    """One decoded test example (input, instruction, target) with its provenance columns."""
+    """One decoded test example (input, instruction, target, the caption's subject mask) with its
+    provenance columns."""
 
     key: str
     input: np.ndarray
     instruction: str
     target: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
 
 def row_key(row: dict[str, Any], index: int) -> str:
@@ -82,8 +94,14 @@ def to_triplet(row: dict[str, Any]) -> Triplet:
     if not isinstance(instruction, str) or not instruction.strip():
         raise ImageError("empty instruction")
     source, target = decode_image(row.get(INPUT)), decode_image(row.get(TARGET))
-    meta = {k: v for k, v in row.items() if k not in (INPUT, TARGET, PROMPT, "key")}
-    return Triplet(row["key"], source, instruction.strip(), target, meta)
+    try:
+        mask = decode_mask(row.get(MASK))
+    except ImageError as e:
+        raise ImageError(f"subject mask unreadable: {e}") from e
+    if mask is not None and abs(mask.shape[0] / mask.shape[1] - target.shape[0] / target.shape[1]) > 0.02:
+        raise ImageError(f"subject mask {mask.shape} does not match the target {target.shape[:2]}")
+    meta = {k: v for k, v in row.items() if k not in (INPUT, TARGET, PROMPT, MASK, "key")}
+    return Triplet(row["key"], source, instruction.strip(), target, meta, mask)
 
 
 def iter_triplets(split_dir: str | os.PathLike, batch_size: int = 8, limit: int | None = None
@@ -95,5 +113,5 @@ def iter_triplets(split_dir: str | os.PathLike, batch_size: int = 8, limit: int 
             try:
                 out.append(to_triplet(row))
             except ImageError as e:
-                out.append(({k: v for k, v in row.items() if k not in (INPUT, TARGET)}, str(e)))
+                out.append(({k: v for k, v in row.items() if k not in (INPUT, TARGET, MASK)}, str(e)))
         yield out
