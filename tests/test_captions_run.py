@@ -93,6 +93,21 @@ def test_missing_segments_means_no_masks(tmp_path: Path) -> None:
     assert not res["captions"]["measured_mask_used"].any() and len(res["captions"]) == 3
 
 
+@pytest.mark.parametrize(("policy", "used"), [("auto", [True, False, True]), ("always", [True, True, True]),
+                                              ("never", [False, False, False])])  # fmt: skip
+def test_measure_mask_policy_uses_masks_of_found_subjects(tmp_path: Path, policy: str, used: list) -> None:
+    selected, seg = _write_shard(tmp_path)
+    table = read_table(seg)
+    table["prompt"] = ["face", "box", "text:person", "face"]  # id1: the prior box, no subject found
+    write_table(seg, table.to_dict("records"))
+    out = tmp_path / "out"
+    stage = CaptionStage(selected, seg, {**CFG, "measure_mask": policy}, tmp_path / "cache")
+    run_shard(stage, "00000", ShardOutputs(out / "c.parquet", out / "r.parquet", out / "s.json"))
+    caps = read_table(out / "c.parquet").set_index("image_id").loc[["id0", "id1", "id2"]]
+    assert caps["measured_mask_used"].tolist() == used
+    assert [bool(p) for p in caps["mask_path"]] == used  # what evaluate re-measures with
+
+
 def test_rerun_rewrites_identical_bytes(tmp_path: Path) -> None:
     _run(tmp_path, CFG)
     first = (tmp_path / "out" / "c.parquet").read_bytes()

@@ -74,17 +74,26 @@ class Item:
     measured: dict[str, Any] = field(default_factory=dict)
 
 
-def read_mask_paths(segments_path: str | os.PathLike | None) -> dict[str, str]:
-    """image_id → mask path from the segments table (missing table or column: no masks)."""
-    if not segments_path or not os.path.exists(segments_path):
+def subject_found(prompt: Any) -> bool:
+    """Whether a segmentation prompt means a subject was found: a detected face (``face``) or a
+    text-prompted subject (``text:...``); not the prior box used when nothing was found, nor the frame."""
+    return isinstance(prompt, str) and (prompt == "face" or prompt.startswith("text:"))
+
+
+def read_mask_paths(segments_path: str | os.PathLike | None, policy: str = "always") -> dict[str, str]:
+    """image_id → mask path from the segments table, for the masks the measurement uses: ``always`` every
+    mask, ``auto`` only masks of a found subject (:func:`subject_found`), ``never`` none (missing table or
+    column: no masks)."""
+    if policy == "never" or not segments_path or not os.path.exists(segments_path):
         return {}
     df = read_table(segments_path)
     if "mask_path" not in df.columns:
         return {}
+    prompts = df["prompt"] if "prompt" in df.columns else ["face"] * len(df)
     return {
         str(i): str(p)
-        for i, p in zip(df["image_id"], df["mask_path"], strict=True)
-        if isinstance(p, str) and p
+        for i, p, prompt in zip(df["image_id"], df["mask_path"], prompts, strict=True)
+        if isinstance(p, str) and p and (policy == "always" or subject_found(prompt))
     }
 
 
@@ -202,7 +211,7 @@ class CaptionStage(ShardStage):
     def open(self) -> None:
         redact_logs()  # no credentials of a base URL in any line of the job's log
         check_template(template_for(self.cfg["provider"], self.cfg["template"]))
-        self.masks = read_mask_paths(self.segments)
+        self.masks = read_mask_paths(self.segments, self.cfg["measure_mask"])
         if self.owned:
             try:
                 self.captioner = make_captioner(self.cfg, self.max_concurrency)
