@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
+DEMO_STEPS = yaml.safe_load((Path(__file__).parents[1] / "profiles/demo/demo.yaml").read_text())["train"]["max_steps"]
 
 
 def test_demo_trains_the_tiny_model(demo_run: Path) -> None:
     summary = json.loads((demo_run / "results/train/summary.json").read_text())
-    assert summary["steps"] == 24 and summary["loss_last"] < summary["loss_first"]
+    assert summary["steps"] == DEMO_STEPS and summary["loss_last"] < summary["loss_first"]
     assert (demo_run / "results/train/model/model_index.json").exists()
-    assert (demo_run / "results/train/checkpoints/checkpoint-24").is_dir()
+    assert (demo_run / f"results/train/checkpoints/checkpoint-{DEMO_STEPS}").is_dir()
 
 
 def test_demo_counts_reconcile_in_every_stage(demo_run: Path) -> None:

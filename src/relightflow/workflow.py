@@ -48,11 +48,9 @@ def maybe_materialize_demo(config: dict[str, Any]) -> None:
         materialize(config["input"]["root"], **(demo.get("options") or {}))
     base = demo.get("base_model")
     if base and not (Path(base) / "model_index.json").exists():
-        from relightflow.testing.tiny_sd import save_tiny_pipeline
+        from relightflow.demo import write_base_model
 
-        save_tiny_pipeline(
-            base, kind="sd15", resolution=int(demo.get("base_model_resolution", 64)), instruct=False
-        )
+        write_base_model(base)
 
 
 def plan(config: dict[str, Any], remote: bool = False, state_dir: str = STATE_DIR) -> list[str]:
