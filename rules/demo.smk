@@ -24,6 +24,8 @@ if rfw.demo_generated(config):
 if DEMO["base_model"]:
 
     rule demo_base_model:
+        input:
+            weights=rfw.demo_base_weights(),  # a new shipped base reinstalls (and retrains)
         output:
             model=directory(DEMO["base_model"]),
         log:

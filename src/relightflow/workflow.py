@@ -41,6 +41,13 @@ def demo_generated(config: dict[str, Any]) -> bool:
     return bool(config["demo"]["materialize"]) and not config["input"]["list"]
 
 
+def demo_base_weights() -> str:
+    """The weights file the demo's base model is installed from (shipped in the package)."""
+    from relightflow.testing.demo_base import WEIGHTS
+
+    return str(WEIGHTS)
+
+
 def list_input(config: dict[str, Any]) -> list[ingest.Entry]:
     """The input's entries: the demo's planned files, the list file's paths, or the folder's images."""
     inp = config["input"]
