@@ -122,7 +122,9 @@ SURVIVAL_STATS = {
 rule survival:
     input:
         stats=[path for stage in STAGES for path in SURVIVAL_STATS.get(stage, [])],
-        manifests=expand(f"{RESULTS}/pairs/manifests/{{shard}}.parquet", shard=SHARDS) if "pairs" in STAGES else [],
+        # after the select checkpoint only (after_select): asked for before it, every shard's pairs job would
+        # query the pending checkpoint, which costs O(shards^2) in a dry run
+        manifests=after_select(f"{RESULTS}/pairs/manifests/{{shard}}.parquet") if "pairs" in STAGES else [],
     output:
         html=report(SURVIVAL_OUTPUTS["html"], category="9. Survival", caption="../report/survival.rst"),
         plot=report(SURVIVAL_OUTPUTS["plot"], category="9. Survival", caption="../report/survival.rst"),

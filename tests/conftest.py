@@ -81,3 +81,17 @@ def chromium() -> str:
     if not path:
         pytest.skip("Debian chromium is not installed (scripts/install.sh installs it)")
     return path
+
+
+# Files that take minutes (measured with --durations), longest first: xdist (--dist loadfile) hands files to
+# workers in collection order, so starting these first keeps the two workers' loads even.
+SLOW_FILES = (
+    "test_demo.py", "test_config_matrix.py", "test_train_workflow.py", "test_workflow_ingest.py",
+    "test_captions_workflow.py", "test_fault_injection.py", "test_filter_workflow.py", "test_slurm.py",
+    "test_hostile_inputs.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise

@@ -13,9 +13,9 @@ from relightflow import demo
 from relightflow.testing import demo_base, scene_grid
 
 # Measured on the shipped weights (src/relightflow/data/demo_base.json): the held-out scene's VAE round
-# trip is 31.6 dB and the installed pipeline returns it at 30.2 dB; the bounds leave ~1.5 dB of margin.
-VAE_PSNR_BOUND = 30.0
-PIPELINE_PSNR_BOUND = 28.5
+# trip is 30.5 dB and the installed pipeline returns it at 28.1 dB (4 steps); the bounds leave ~1 dB.
+VAE_PSNR_BOUND = 29.5
+PIPELINE_PSNR_BOUND = 27.0
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_base_loads_through_the_trainers_loader(installed: Path) -> None:
     provenance = demo_base.load_weights()["provenance"]
     assert models["vae"].config.scaling_factor == pytest.approx(provenance["scaling_factor"])
     posterior = models["vae"].encode(demo_base.to_batch([demo_base.held_out_scene()])).latent_dist
-    assert float(posterior.std.max()) < 0.01  # sample() is a clean latent, as the trainer draws it
+    assert float(posterior.std.detach().max()) < 0.01  # sample() is a clean latent, as the trainer draws it
 
 
 def test_vae_reconstructs_a_held_out_scene(installed: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from relightflow import cli, inference
+from relightflow.config import section
 from relightflow.dataset import export_split, load_split
 from relightflow.evaluate import evaluate_split
 from relightflow.images import load_rgb, save_image
@@ -118,7 +119,7 @@ def test_cli_and_evaluate_give_identical_pixels(family: str, split: Path, tmp_pa
     model = (
         flux_folder(tmp_path / "flux") if family == "flux-kontext" else sd_folder(tmp_path / family, family)
     )
-    cfg = {"lpips": False, "batch_size": 2, "grid_rows": 1}
+    cfg = section("evaluate", lpips=False, batch_size=2, grid_rows=1)
     summary = evaluate_split(
         split,
         model,

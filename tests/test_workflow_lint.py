@@ -27,3 +27,14 @@ def test_every_rule_has_log_benchmark_and_conda(smk) -> None:
         name = block.split(":", 1)[0]
         for directive in ("log:", "benchmark:", "conda:"):
             assert f"    {directive}" in block, f"{smk.name}: rule {name} has no {directive}"
+
+
+# per-shard outputs of the stages downstream of the `select` checkpoint
+DOWNSTREAM = re.compile(r'expand\(\s*f?"\{RESULTS\}/(pairs|captions|dataset)/[^"]*\{\{shard\}\}[^)]*shard=SHARDS')
+
+
+@pytest.mark.parametrize("smk", sorted((REPO / "rules").glob("*.smk")), ids=lambda p: p.name)
+def test_downstream_shard_files_are_asked_for_after_select(smk) -> None:
+    """Per-shard files downstream of the checkpoint go through ``after_select``: expanded directly, each of
+    their jobs queries the pending checkpoint, and a dry run costs O(shards^2) (1M images: 184 s of CPU)."""
+    assert not DOWNSTREAM.search(smk.read_text()), f"{smk.name}: use after_select(...) for these files"
