@@ -15,7 +15,6 @@ from relightflow.evaluate.grids import comparison_grid, save_grid
 from relightflow.evaluate.instruction import (
     ClipDirection,
     Measurement,
-    at_side,
     direction_agrees,
     instruction_following,
     load_clip,
@@ -24,7 +23,7 @@ from relightflow.evaluate.instruction import (
 )
 from relightflow.evaluate.metrics import PSNR_CAP, image_metrics, load_lpips, psnr, ssim
 from relightflow.evaluate.summary import plot_summary, summarize, write_html
-from relightflow.images import load_rgb
+from relightflow.images import load_rgb, resize_longer_side
 from relightflow.testing import Scene, render_scene
 
 
@@ -106,9 +105,9 @@ def test_agreement_with_the_captions_mask_on_scenes_relit_in_a_known_direction(s
 
 def test_measurement_works_at_the_captions_size() -> None:
     image, mask, _ = render_scene(Scene(horizontal="right", size=200))
-    small = at_side(image, 64)
-    assert small.shape[:2] == (64, 64) and at_side(small, 200).shape[:2] == (200, 200)
-    assert at_side(image, None) is image and at_side(image, 200) is image
+    small = resize_longer_side(image, 64)
+    assert small.shape[:2] == (64, 64) and resize_longer_side(small, 200).shape[:2] == (200, 200)
+    assert resize_longer_side(image, None) is image and resize_longer_side(image, 200) is image
     # a 64 px export measured at the caption's 200 px with the caption's (200 px) mask
     assert Measurement(mask, 200)(small)["horizontal"] == "right"
 

@@ -122,9 +122,9 @@ def materialize(root: str | os.PathLike, **options) -> list[Path]:
 def write_base_model(out_dir: str | os.PathLike, weights: str | os.PathLike | None = None) -> Path:
     """The demo's base model: the tiny pretrained SD1.5-layout InstructPix2Pix pipeline shipped in the
     package (:func:`relightflow.testing.demo_base.install_demo_base`), which training fine-tunes."""
-    from relightflow.testing.demo_base import install_demo_base
+    from relightflow.testing.demo_base import WEIGHTS, install_demo_base
 
-    return install_demo_base(out_dir) if weights is None else install_demo_base(out_dir, weights)
+    return install_demo_base(out_dir, weights or WEIGHTS)
 
 
 def _write_truncated_jpeg(path: Path) -> None:

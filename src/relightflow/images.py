@@ -279,11 +279,17 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
     """Downscale so the longer side is at most ``max_side`` (area interpolation); no upscaling."""
+    return image if max(image.shape[:2]) <= max_side else resize_longer_side(image, max_side)
+
+
+def resize_longer_side(image: np.ndarray, side: int | None) -> np.ndarray:
+    """``image`` scaled so its longer side is ``side`` (area when shrinking, bicubic when enlarging; None or
+    the same side: unchanged)."""
     import cv2
 
     h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
+    if not side or max(h, w) == side:
         return image
+    scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from relightflow.captions.measure import measure_lighting
+from relightflow.images import resize_longer_side
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,6 @@ def temperature_agrees(measured: dict[str, Any], color_temperature: Any) -> bool
     return measured.get("color_temperature") == asked
 
 
-def at_side(image: np.ndarray, side: int | None) -> np.ndarray:
-    """``image`` scaled so its longer side is ``side`` (area when shrinking, bicubic when enlarging)."""
-    h, w = image.shape[:2]
-    if not side or max(h, w) == side:
-        return image
-    scale = side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-
-
 @dataclass(frozen=True)
 class Measurement:
     """How one instruction's lighting was measured: the caption's subject mask (None: the whole frame) and
@@ -96,7 +86,7 @@ class Measurement:
     version: str | None = None
 
     def __call__(self, image: np.ndarray) -> dict[str, Any]:
-        return measure_lighting(at_side(image, self.side), self.mask)
+        return measure_lighting(resize_longer_side(image, self.side), self.mask)
 
 
 def instruction_following(
