@@ -80,10 +80,11 @@ def subject_found(prompt: Any) -> bool:
     return isinstance(prompt, str) and (prompt == "face" or prompt.startswith("text:"))
 
 
-def read_mask_paths(segments_path: str | os.PathLike | None, policy: str = "always") -> dict[str, str]:
-    """image_id → mask path from the segments table, for the masks the measurement uses: ``always`` every
-    mask, ``auto`` only masks of a found subject (:func:`subject_found`), ``never`` none (missing table or
-    column: no masks)."""
+def read_mask_paths(segments_path: str | os.PathLike | None, policy: str) -> dict[str, str]:
+    """image_id → mask path from the segments table, for the masks the measurement uses
+    (``captions.measure_mask``): ``always`` every mask, ``auto`` only masks of a found subject
+    (:func:`subject_found`; a table without a ``prompt`` column counts every mask as one), ``never`` none.
+    A missing table or ``mask_path`` column: no masks."""
     if policy == "never" or not segments_path or not os.path.exists(segments_path):
         return {}
     df = read_table(segments_path)
